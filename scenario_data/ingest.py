@@ -1,0 +1,291 @@
+"""Read OpenRTB files into the feature table and the quarantine table; nothing is dropped silently.
+
+Formats: `.json` (one request, or an array of requests), `.jsonl` / `.ndjson` (optionally `.gz`),
+and `.parquet` with one JSON column. Every request read is counted: requests_in = accepted +
+quarantined, and each quarantined request keeps its source file, location, raw bytes and a reason
+that names the field path.
+
+JSONL is parsed in chunks by polars against `REQUEST_SCHEMA` (fast path); a chunk the parser
+refuses (a malformed line, a wrong type) is re-read line by line with the reference validator.
+"""
+
+import gzip
+import io
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from modelsmith.atomic import write_with
+from scenario_data.features import FEATURE_SCHEMA, flatten, suspect_requests
+from scenario_data.openrtb import REQUEST_SCHEMA, RequestError, parse_json, validate_request
+
+QUARANTINE_SCHEMA = pl.Schema(
+    {"source_file": pl.String, "location": pl.String, "request_id": pl.String, "reason": pl.String, "raw": pl.Binary}
+)
+READABLE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz", ".parquet")
+CHUNK_LINES = 50_000
+JSON_COLUMN_NAMES = ("request", "bid_request", "bidrequest", "json", "body")
+
+
+class IngestError(ValueError):
+    """A file that cannot be read at all (not a request that is refused: those are quarantined)."""
+
+
+@dataclass
+class Chunk:
+    """Raw request bodies, each with its file and its location there ("line 3", "element 0")."""
+
+    source: str
+    bodies: list[bytes]
+    locations: list[str]
+    sources: list[str] = field(default_factory=list)
+
+    def source_of(self, i: int) -> str:
+        return self.sources[i] if self.sources else self.source
+
+    def source_list(self, indices: list[int]) -> list[str]:
+        return [self.source_of(i) for i in indices]
+
+
+@dataclass
+class IngestResult:
+    features: pl.DataFrame
+    quarantine: pl.DataFrame
+    requests_in: int = 0
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> int:
+        return self.requests_in - self.quarantined
+
+    @property
+    def quarantined(self) -> int:
+        return self.quarantine.height
+
+    @property
+    def decisions(self) -> int:
+        return self.features.height
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "requests_in": self.requests_in,
+            "accepted": self.accepted,
+            "quarantined": self.quarantined,
+            "decisions": self.decisions,
+        }
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given; directories contribute their readable files, sorted, recursively."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(READABLE_SUFFIXES))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise IngestError(f"{p}: no such file or directory")
+    return out
+
+
+def read_chunks(path: Path, chunk_lines: int = CHUNK_LINES) -> Iterator[Chunk]:
+    name = path.name
+    src = str(path)
+    if name.endswith((".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")):
+        opener = gzip.open if name.endswith(".gz") else open
+        try:
+            with opener(path, "rb") as f:
+                bodies: list[bytes] = []
+                locations: list[str] = []
+                for lineno, line in enumerate(f, start=1):
+                    if not line.strip():
+                        continue
+                    bodies.append(line.rstrip(b"\r\n"))
+                    locations.append(f"line {lineno}")
+                    if len(bodies) >= chunk_lines:
+                        yield Chunk(src, bodies, locations)
+                        bodies, locations = [], []
+                if bodies:
+                    yield Chunk(src, bodies, locations)
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise IngestError(f"{path}: cannot read ({e})") from e
+    elif name.endswith(".parquet"):
+        yield from _parquet_chunks(path, chunk_lines)
+    elif name.endswith(".json"):
+        raw = path.read_bytes()
+        try:
+            doc = parse_json(raw)
+        except RequestError:
+            yield Chunk(src, [raw], ["byte 0"])  # quarantined whole, with the parse error
+            return
+        if isinstance(doc, list):
+            yield Chunk(src, [json.dumps(e).encode() for e in doc], [f"element {i}" for i in range(len(doc))])
+        else:
+            yield Chunk(src, [raw], ["byte 0"])
+    else:
+        raise IngestError(f"{path}: unsupported file type; expected one of {', '.join(READABLE_SUFFIXES)}")
+
+
+def _parquet_chunks(path: Path, chunk_lines: int) -> Iterator[Chunk]:
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise IngestError(f"{path}: not a readable Parquet file ({e})") from e
+    names = pf.schema_arrow.names
+    candidates = [n for n in names if n.lower() in JSON_COLUMN_NAMES] or (names if len(names) == 1 else [])
+    if not candidates:
+        raise IngestError(f"{path}: expected one JSON column (named one of {JSON_COLUMN_NAMES}), found {names}")
+    column = candidates[0]
+    row = 0
+    for batch in pf.iter_batches(batch_size=chunk_lines, columns=[column]):
+        values = batch.column(0).to_pylist()
+        bodies = [v.encode() if isinstance(v, str) else (v if isinstance(v, bytes) else b"null") for v in values]
+        yield Chunk(str(path), bodies, [f"row {row + i}" for i in range(len(bodies))])
+        row += len(bodies)
+
+
+def ingest_chunk(chunk: Chunk, domain_lists: dict[str, str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Features and quarantine rows for one chunk; len(chunk.bodies) = accepted + quarantined."""
+    frame = _fast_parse(chunk.bodies)
+    if frame is None:
+        return _slow_path(chunk, domain_lists)
+    suspects = suspect_requests(frame).to_list()
+    keep: list[int] = []
+    quarantine: list[dict] = []
+    for i, suspect in enumerate(suspects):
+        if suspect:
+            reason = _reason(chunk.bodies[i])
+            if reason is not None:
+                quarantine.append(_quarantine_row(chunk, i, reason))
+                continue
+        keep.append(i)
+    accepted = frame[keep] if len(keep) < frame.height else frame
+    lines = [_line_no(chunk.locations[i]) for i in keep]
+    return flatten(accepted, chunk.source_list(keep), lines, domain_lists), _quarantine_frame(quarantine)
+
+
+def _fast_parse(bodies: list[bytes]) -> pl.DataFrame | None:
+    if any(b"\n" in b for b in bodies):
+        return None
+    try:
+        frame = pl.read_ndjson(io.BytesIO(b"\n".join(bodies)), schema=REQUEST_SCHEMA)
+    except Exception:  # polars raises ComputeError and friends for any line it cannot read with the schema
+        return None
+    return frame if frame.height == len(bodies) else None
+
+
+def _slow_path(chunk: Chunk, domain_lists: dict[str, str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    good_bodies: list[bytes] = []
+    good_lines: list[int] = []
+    good: list[int] = []
+    quarantine: list[dict] = []
+    for i, body in enumerate(chunk.bodies):
+        try:
+            obj = parse_json(body)
+            validate_request(obj)
+        except RequestError as e:
+            quarantine.append(_quarantine_row(chunk, i, str(e)))
+            continue
+        good_bodies.append(json.dumps(obj, separators=(",", ":")).encode())
+        good_lines.append(_line_no(chunk.locations[i]))
+        good.append(i)
+    frame = pl.read_ndjson(io.BytesIO(b"\n".join(good_bodies)), schema=REQUEST_SCHEMA) if good_bodies else None
+    features = flatten(frame, chunk.source_list(good), good_lines, domain_lists) if frame is not None else FEATURE_SCHEMA.to_frame()
+    return features, _quarantine_frame(quarantine)
+
+
+def _reason(body: bytes) -> str | None:
+    try:
+        validate_request(parse_json(body))
+    except RequestError as e:
+        return str(e)
+    return None
+
+
+def _line_no(location: str) -> int:
+    return int(location.rsplit(" ", 1)[-1])
+
+
+def _request_id(body: bytes) -> str | None:
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    return str(rid) if isinstance(rid, (str, int, float)) else None
+
+
+def _quarantine_row(chunk: Chunk, i: int, reason: str) -> dict:
+    body = chunk.bodies[i]
+    return {
+        "source_file": chunk.source_of(i),
+        "location": chunk.locations[i],
+        "request_id": _request_id(body),
+        "reason": reason,
+        "raw": body,
+    }
+
+
+def _quarantine_frame(rows: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=QUARANTINE_SCHEMA) if rows else QUARANTINE_SCHEMA.to_frame()
+
+
+def _batched(chunks: Iterable[Chunk], limit: int = CHUNK_LINES) -> Iterator[Chunk]:
+    """Merge many small chunks (one request per .json file) into one, so per-chunk costs are paid once."""
+    pending: list[Chunk] = []
+    size = 0
+    for chunk in chunks:
+        if len(chunk.bodies) >= 1000:
+            yield chunk
+            continue
+        pending.append(chunk)
+        size += len(chunk.bodies)
+        if size >= limit:
+            yield _merge(pending)
+            pending, size = [], 0
+    if pending:
+        yield _merge(pending)
+
+
+def _merge(chunks: list[Chunk]) -> Chunk:
+    if len(chunks) == 1:
+        return chunks[0]
+    return Chunk(
+        source=chunks[0].source,
+        bodies=[b for c in chunks for b in c.bodies],
+        locations=[loc for c in chunks for loc in c.locations],
+        sources=[c.source_of(i) for c in chunks for i in range(len(c.bodies))],
+    )
+
+
+def ingest_paths(paths: Iterable[str | Path], domain_lists: dict[str, str] | None = None) -> IngestResult:
+    """Ingest files and directories into one feature table and one quarantine table."""
+    domain_lists = domain_lists or {}
+    features: list[pl.DataFrame] = []
+    quarantine: list[pl.DataFrame] = []
+    requests_in = 0
+    files = expand_paths(paths)
+    for chunk in _batched(c for path in files for c in read_chunks(path)):
+        f, q = ingest_chunk(chunk, domain_lists)
+        requests_in += len(chunk.bodies)
+        features.append(f)
+        quarantine.append(q)
+    return IngestResult(
+        features=pl.concat(features) if features else FEATURE_SCHEMA.to_frame(),
+        quarantine=pl.concat(quarantine) if quarantine else QUARANTINE_SCHEMA.to_frame(),
+        requests_in=requests_in,
+        files=[str(p) for p in files],
+    )
+
+
+def write_result(result: IngestResult, output_dir: Path) -> tuple[Path, Path]:
+    """Write features.parquet and quarantine.parquet atomically."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    fpath, qpath = output_dir / "features.parquet", output_dir / "quarantine.parquet"
+    write_with(fpath, lambda tmp: result.features.write_parquet(tmp))
+    write_with(qpath, lambda tmp: result.quarantine.write_parquet(tmp))
+    return fpath, qpath

@@ -1,0 +1,220 @@
+"""OpenRTB 2.5/2.6 BidRequest: the fields Modelsmith reads, and the checks a real exchange makes.
+
+`REQUEST_SPEC` is declared once and serves twice: as the polars schema the fast JSONL path parses
+with (unknown fields, including every unknown `ext`, are dropped by the parser), and as the type
+walk of the reference validator `validate_request`, which names the failing field path in the
+style of an exchange's 400 message (`imp[1].banner.w: must be >= 0`).
+"""
+
+import json
+from typing import Any
+
+import polars as pl
+
+# Leaf types: "str", "int", "float". Containers: a dict is an object, a one-element list a list.
+_MODELSMITH_EXT = {"ad_density": "float", "paid_traffic": "float", "templated": "int", "refresh_s": "int"}
+_CONTENT = {"title": "str", "keywords": "str", "cat": ["str"], "cattax": "int"}
+_PUBLISHER_SIDE = {
+    "id": "str", "domain": "str", "page": "str", "bundle": "str", "cat": ["str"], "sectioncat": ["str"],
+    "pagecat": ["str"], "cattax": "int", "keywords": "str", "ref": "str", "content": _CONTENT,
+    "ext": {"modelsmith": _MODELSMITH_EXT},
+}
+_FORMAT = {"w": "int", "h": "int", "wmin": "int", "wratio": "int", "hratio": "int"}
+_IMP = {
+    "id": "str",
+    "banner": {"w": "int", "h": "int", "format": [_FORMAT], "pos": "int"},
+    "video": {"mimes": ["str"], "w": "int", "h": "int", "pos": "int", "placement": "int", "plcmt": "int"},
+    "audio": {"mimes": ["str"]},
+    "native": {"request": "str", "ver": "str"},
+    "instl": "int",
+    "rwdd": "int",
+    "bidfloor": "float",
+    "refresh": {"count": "int", "refsettings": [{"reftype": "int", "minint": "int"}]},
+    "pmp": {"deals": [{"id": "str"}]},
+    "ext": {"is_rewarded_inventory": "int", "prebid": {"is_rewarded_inventory": "int", "storedrequest": {"id": "str"}}},
+}
+_SCHAIN = {"nodes": [{"asi": "str"}]}
+REQUEST_SPEC: dict[str, Any] = {
+    "id": "str",
+    "imp": [_IMP],
+    "site": _PUBLISHER_SIDE,
+    "app": _PUBLISHER_SIDE,
+    "dooh": {"id": "str", "domain": "str", "cat": ["str"], "cattax": "int"},
+    "device": {"devicetype": "int", "w": "int", "h": "int"},
+    "regs": {"gdpr": "int", "ext": {"gdpr": "int"}},
+    "tmax": "int",
+    "source": {"schain": _SCHAIN, "ext": {"schain": _SCHAIN}},
+}
+
+_LEAF = {"str": pl.String, "int": pl.Int64, "float": pl.Float64}
+
+
+def polars_dtype(spec: Any) -> pl.DataType:
+    if isinstance(spec, str):
+        return _LEAF[spec]
+    if isinstance(spec, list):
+        return pl.List(polars_dtype(spec[0]))
+    return pl.Struct({k: polars_dtype(v) for k, v in spec.items()})
+
+
+REQUEST_SCHEMA = pl.Schema({k: polars_dtype(v) for k, v in REQUEST_SPEC.items()})
+
+
+class RequestError(ValueError):
+    """One reason a request is refused, with the field path it concerns."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+
+
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Duplicate keys: keep the first, as the fast (polars) path does, so both paths agree.
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        out.setdefault(k, v)
+    return out
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse one request body; refuse non-UTF-8 and non-JSON with where parsing stopped."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RequestError("", f"body is not UTF-8 (invalid byte at offset {e.start})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_first_wins)
+    except json.JSONDecodeError as e:
+        raise RequestError("", f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise RequestError("", "body is not valid JSON: nested too deeply") from None
+
+
+def _type_walk(value: Any, spec: Any, path: str) -> None:
+    if value is None:
+        return
+    if isinstance(spec, str):
+        if spec == "str":
+            # Any JSON scalar is read as its text (the fast path's parser does the same).
+            ok = isinstance(value, (str, int, float))
+            want = "a string"
+        elif spec == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+            want = "an integer"
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e300
+            want = "a number"
+        if not ok:
+            raise RequestError(path, f"must be {want}, got {type(value).__name__} {_preview(value)}")
+        return
+    if isinstance(spec, list):
+        if not isinstance(value, list):
+            raise RequestError(path, f"must be an array, got {type(value).__name__}")
+        for i, item in enumerate(value):
+            _type_walk(item, spec[0], f"{path}[{i}]")
+        return
+    if not isinstance(value, dict):
+        raise RequestError(path, f"must be an object, got {type(value).__name__}")
+    for key, sub in spec.items():
+        _type_walk(value.get(key), sub, f"{path}.{key}" if path else key)
+
+
+def _preview(value: Any) -> str:
+    text = json.dumps(value)[:40]
+    return text
+
+
+def validate_request(obj: Any) -> None:
+    """Raise `RequestError` for the first problem an exchange would refuse the request for."""
+    if not isinstance(obj, dict):
+        if obj is None:
+            raise RequestError("id", 'request missing required field "id" (the body is null)')
+        raise RequestError("", f"request must be a JSON object, got {type(obj).__name__}")
+    _type_walk(obj, REQUEST_SPEC, "")
+    if obj.get("id") in (None, ""):
+        raise RequestError("id", 'request missing required field "id"')
+    if (obj.get("tmax") or 0) < 0:
+        raise RequestError("tmax", f"must be >= 0, got {obj['tmax']}")
+    present = [k for k in ("site", "app", "dooh") if obj.get(k) is not None]
+    if len(present) > 1:
+        raise RequestError(", ".join(present), f"at most one of site, app or dooh may be present, got {' and '.join(present)}")
+    site = obj.get("site")
+    if site is not None and not any(site.get(k) for k in ("id", "page", "domain")):
+        raise RequestError("site", "must include at least one of site.id, site.page or site.domain")
+    regs = obj.get("regs") or {}
+    for path, value in (("regs.gdpr", regs.get("gdpr")), ("regs.ext.gdpr", (regs.get("ext") or {}).get("gdpr"))):
+        if value not in (None, 0, 1):
+            raise RequestError(path, f"must be either 0 or 1, got {value}")
+    device = obj.get("device") or {}
+    for key in ("w", "h"):
+        if (device.get(key) or 0) < 0:
+            raise RequestError(f"device.{key}", f"must be >= 0, got {device[key]}")
+    imps = obj.get("imp")
+    if not imps:
+        raise RequestError("imp", "must contain at least one element")
+    seen: dict[str, int] = {}
+    for i, imp in enumerate(imps):
+        _validate_imp(imp, i, seen)
+
+
+def _validate_imp(imp: Any, i: int, seen: dict[str, int]) -> None:
+    p = f"imp[{i}]"
+    if imp is None:
+        raise RequestError(p, "must be an object, got null")
+    if imp.get("id") in (None, ""):
+        raise RequestError(f"{p}.id", 'missing required field "id"')
+    if imp["id"] in seen:
+        raise RequestError(f"{p}.id", f"duplicates imp[{seen[imp['id']]}].id ({imp['id']!r}); imp ids must be unique")
+    seen[imp["id"]] = i
+    stored = ((imp.get("ext") or {}).get("prebid") or {}).get("storedrequest") or {}
+    if all(imp.get(m) is None for m in ("banner", "video", "audio", "native")) and stored.get("id") in (None, ""):
+        # An imp that names a stored request gets its media object from the exchange's store.
+        raise RequestError(p, 'must contain at least one of "banner", "video", "audio" or "native"')
+    if (imp.get("bidfloor") or 0) < 0:
+        raise RequestError(f"{p}.bidfloor", f"must be >= 0, got {imp['bidfloor']}")
+    banner = imp.get("banner")
+    if banner is not None:
+        for key in ("w", "h"):
+            if (banner.get(key) or 0) < 0:
+                raise RequestError(f"{p}.banner.{key}", f"must be >= 0, got {banner[key]}")
+        formats = banner.get("format") or []
+        for j, fmt in enumerate(formats):
+            fp = f"{p}.banner.format[{j}]"
+            if fmt is None:
+                raise RequestError(fp, "must be an object, got null")
+            for key in ("w", "h", "wmin", "wratio", "hratio"):
+                if (fmt.get(key) or 0) < 0:
+                    raise RequestError(f"{fp}.{key}", f"must be >= 0, got {fmt[key]}")
+            fixed = (fmt.get("w") or 0) > 0 and (fmt.get("h") or 0) > 0
+            flexible = all((fmt.get(k) or 0) > 0 for k in ("wmin", "wratio", "hratio"))
+            if not (fixed or flexible):
+                raise RequestError(fp, "must define either {w, h} or {wmin, wratio, hratio}, all non-zero")
+        has_size = banner.get("w") is not None and banner.get("h") is not None
+        if not (has_size or formats or imp.get("instl") == 1):
+            raise RequestError(f"{p}.banner", 'has no sizes: define "w" and "h", or a non-empty "format"')
+    for media in ("video", "audio"):
+        obj = imp.get(media)
+        if obj is not None and obj.get("mimes") == []:
+            raise RequestError(f"{p}.{media}.mimes", "must contain at least one MIME type")
+    native = imp.get("native")
+    if native is not None:
+        _validate_native(native, f"{p}.native")
+    deals = (imp.get("pmp") or {}).get("deals") or []
+    for j, deal in enumerate(deals):
+        if deal is None or deal.get("id") in (None, ""):
+            raise RequestError(f"{p}.pmp.deals[{j}].id", 'missing required field "id"')
+
+
+def _validate_native(native: dict[str, Any], p: str) -> None:
+    request = native.get("request")
+    if request in (None, ""):
+        raise RequestError(f"{p}.request", 'missing required field "request"')
+    try:
+        payload = json.loads(request)
+    except (json.JSONDecodeError, RecursionError):
+        raise RequestError(f"{p}.request", "must be a JSON-encoded native request") from None
+    if isinstance(payload, dict) and isinstance(payload.get("native"), dict):
+        payload = payload["native"]  # Native 1.0 wraps the request in a "native" object
+    assets = payload.get("assets") if isinstance(payload, dict) else None
+    if not isinstance(assets, list) or not assets or not all(isinstance(a, dict) for a in assets):
+        raise RequestError(f"{p}.request.assets", "must be an array containing at least one object")
