@@ -8,6 +8,7 @@ is valid; the ones it flags go to the reference validator, which has the last wo
 
 import polars as pl
 
+from scenario_data.openrtb import REQUEST_SPEC
 from scenario_data.taxonomy import SENSITIVE, UNKNOWN, tier1_lookup
 
 FEATURE_SCHEMA = pl.Schema(
@@ -63,7 +64,7 @@ def _coalesce_side(*path: str) -> pl.Expr:
 def suspect_requests(df: pl.DataFrame) -> pl.Series:
     """True for each request the reference validator must look at; False only for certainly valid ones."""
     imp = pl.col("imp")
-    per_imp = df.select(pl.int_range(pl.len()).alias("_r"), imp).explode("imp").select(
+    per_imp = df.select(pl.int_range(pl.len()).alias("_r"), imp).explode("imp", empty_as_null=True).select(
         "_r",
         imp.struct.field("id").alias("imp_id"),
         _imp_suspect().alias("bad"),
@@ -88,7 +89,30 @@ def suspect_requests(df: pl.DataFrame) -> pl.Series:
         | (_f("device", "h") < 0).fill_null(False)
         | (pl.col("tmax") < 0).fill_null(False)
     ).to_series()
-    return (req_bad | imp_bad.fill_null(True)).rename("suspect")
+    coerced = df.select(_coerced_text(REQUEST_SPEC)).to_series()
+    return (req_bad | imp_bad.fill_null(True) | coerced).rename("suspect")
+
+
+def _coerced_text(spec: dict, base: pl.Expr | None = None) -> pl.Expr:
+    """True where a text field holds what looks like an array or object: the JSON parser turns a
+    wrong-typed value into its text, so those rows go to the reference validator's type walk."""
+    parts = []
+    for key, sub in spec.items():
+        expr = pl.col(key) if base is None else base.struct.field(key)
+        parts.append(_coerced_leaf(expr, sub))
+    return pl.any_horizontal(parts).fill_null(False)
+
+
+def _coerced_leaf(expr: pl.Expr, spec: object) -> pl.Expr:
+    if spec == "str":
+        return (expr.str.starts_with("[") | expr.str.starts_with("{")).fill_null(False)
+    if spec == "float":
+        return (expr.is_infinite() | expr.is_nan()).fill_null(False)
+    if isinstance(spec, str):
+        return pl.lit(False)
+    if isinstance(spec, list):
+        return expr.list.eval(_coerced_leaf(pl.element(), spec[0])).list.any().fill_null(False)
+    return _coerced_text(spec, expr)
 
 
 def _imp_suspect() -> pl.Expr:
@@ -179,7 +203,7 @@ def _vertical_exprs() -> tuple[pl.Expr, pl.Expr]:
 
 
 def _resolve(s: pl.Series, lookup: dict[str, str]) -> pl.Series:
-    frame = s.struct.unnest().with_row_index("_i").explode("c")
+    frame = s.struct.unnest().with_row_index("_i").explode("c", empty_as_null=True)
     frame = frame.with_columns(
         (pl.col("p") + pl.col("c")).replace_strict(lookup, default=None, return_dtype=pl.String).alias("t")
     )
@@ -230,7 +254,7 @@ def flatten(
     ):
         req = req.with_columns(expr)
     req = req.rename({"id": "request_id"})
-    rows = req.explode("imp")
+    rows = req.explode("imp", empty_as_null=True)
     imp = pl.col("imp")
     banner, video = imp.struct.field("banner"), imp.struct.field("video")
     first_fmt = banner.struct.field("format").list.first()

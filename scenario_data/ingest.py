@@ -275,11 +275,21 @@ def ingest_paths(paths: Iterable[str | Path], domain_lists: dict[str, str] | Non
         features.append(f)
         quarantine.append(q)
     return IngestResult(
-        features=pl.concat(features) if features else FEATURE_SCHEMA.to_frame(),
+        features=disambiguate_row_ids(pl.concat(features)) if features else FEATURE_SCHEMA.to_frame(),
         quarantine=pl.concat(quarantine) if quarantine else QUARANTINE_SCHEMA.to_frame(),
         requests_in=requests_in,
         files=[str(p) for p in files],
     )
+
+
+def disambiguate_row_ids(features: pl.DataFrame) -> pl.DataFrame:
+    """`row_id` is `request_id/imp_id`; where several files reuse the same ids (test fixtures do),
+    every copy after the first gets `#<file>:<line>` appended, so a row id names one decision."""
+    dup = pl.col("row_id").cum_count().over("row_id") > 1
+    suffix = pl.lit("#") + pl.col("source_file").str.split("/").list.last() + pl.lit(":") + pl.col(
+        "source_line"
+    ).cast(pl.String)
+    return features.with_columns(pl.when(dup).then(pl.col("row_id") + suffix).otherwise(pl.col("row_id")).alias("row_id"))
 
 
 def write_result(result: IngestResult, output_dir: Path) -> tuple[Path, Path]:

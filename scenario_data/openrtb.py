@@ -7,6 +7,7 @@ style of an exchange's 400 message (`imp[1].banner.w: must be >= 0`).
 """
 
 import json
+import math
 from typing import Any
 
 import polars as pl
@@ -25,7 +26,7 @@ _IMP = {
     "banner": {"w": "int", "h": "int", "format": [_FORMAT], "pos": "int"},
     "video": {"mimes": ["str"], "w": "int", "h": "int", "pos": "int", "placement": "int", "plcmt": "int"},
     "audio": {"mimes": ["str"]},
-    "native": {"request": "str", "ver": "str"},
+    "native": {"request": "json", "ver": "str"},
     "instl": "int",
     "rwdd": "int",
     "bidfloor": "float",
@@ -46,7 +47,8 @@ REQUEST_SPEC: dict[str, Any] = {
     "source": {"schain": _SCHAIN, "ext": {"schain": _SCHAIN}},
 }
 
-_LEAF = {"str": pl.String, "int": pl.Int64, "float": pl.Float64}
+# "json": a string holding JSON, or the same object unencoded (native.request); read as its text.
+_LEAF = {"str": pl.String, "json": pl.String, "int": pl.Int64, "float": pl.Float64}
 
 
 def polars_dtype(spec: Any) -> pl.DataType:
@@ -94,7 +96,10 @@ def _type_walk(value: Any, spec: Any, path: str) -> None:
     if value is None:
         return
     if isinstance(spec, str):
-        if spec == "str":
+        if spec == "json":
+            ok = isinstance(value, (str, dict, list))
+            want = "a JSON-encoded string"
+        elif spec == "str":
             # Any JSON scalar is read as its text (the fast path's parser does the same).
             ok = isinstance(value, (str, int, float))
             want = "a string"
@@ -102,7 +107,7 @@ def _type_walk(value: Any, spec: Any, path: str) -> None:
             ok = isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
             want = "an integer"
         else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e300
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             want = "a number"
         if not ok:
             raise RequestError(path, f"must be {want}, got {type(value).__name__} {_preview(value)}")
@@ -139,7 +144,7 @@ def validate_request(obj: Any) -> None:
     if len(present) > 1:
         raise RequestError(", ".join(present), f"at most one of site, app or dooh may be present, got {' and '.join(present)}")
     site = obj.get("site")
-    if site is not None and not any(site.get(k) for k in ("id", "page", "domain")):
+    if site is not None and all(site.get(k) in (None, "") for k in ("id", "page", "domain")):
         raise RequestError("site", "must include at least one of site.id, site.page or site.domain")
     regs = obj.get("regs") or {}
     for path, value in (("regs.gdpr", regs.get("gdpr")), ("regs.ext.gdpr", (regs.get("ext") or {}).get("gdpr"))):
@@ -209,10 +214,13 @@ def _validate_native(native: dict[str, Any], p: str) -> None:
     request = native.get("request")
     if request in (None, ""):
         raise RequestError(f"{p}.request", 'missing required field "request"')
-    try:
-        payload = json.loads(request)
-    except (json.JSONDecodeError, RecursionError):
-        raise RequestError(f"{p}.request", "must be a JSON-encoded native request") from None
+    if isinstance(request, str):
+        try:
+            payload = json.loads(request)
+        except (json.JSONDecodeError, RecursionError):
+            raise RequestError(f"{p}.request", "must be a JSON-encoded native request") from None
+    else:
+        payload = request
     if isinstance(payload, dict) and isinstance(payload.get("native"), dict):
         payload = payload["native"]  # Native 1.0 wraps the request in a "native" object
     assets = payload.get("assets") if isinstance(payload, dict) else None

@@ -39,9 +39,8 @@ def main(taxonomy_dir: Path) -> None:
         if children:
             legacy[code] = children.most_common(1)[0][0]
     for code in ("IAB25", "IAB26"):  # brand-safety codes: non-standard and illegal content
-        legacy[code] = "Sensitive Topics"
-        for k in list(legacy):
-            if k.startswith(code + "-"):
+        for k in {m["Content 1.0 Unique ID"].strip() for m in mapping}:
+            if k == code or k.startswith(code + "-"):
                 legacy[k] = "Sensitive Topics"
     rows += [("1.0", k, v) for k, v in sorted(legacy.items())]
     rows += [("2.x-3.x", k, v) for k, v in sorted(tier1_of_id.items()) if v in tier1_names]

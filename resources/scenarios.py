@@ -1,0 +1,32 @@
+"""Scenario settings: which policy is active, where real replay files land, the default pack."""
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from scenario_data.policy import POLICIES_DIR, Policy, load_policy
+from scenario_data.taxonomy import REFERENCE, load_domain_lists
+
+
+class ScenarioSettings(dg.ConfigurableResource):
+    """The scenario stage's knobs; `policy_path` names the active policy file."""
+
+    policy_path: str = Field(str(POLICIES_DIR / "v1.yaml"), description="The active ground-truth policy (YAML)")
+    replay_dir: str = Field("", description="Real replay files (JSON, JSONL, gzip'd JSONL, Parquet); default HOME/replay")
+    pack_size: int = Field(10_000, description="Requests in the generated default scenario pack")
+    pack_seed: int = Field(0, description="Seed of the generated default scenario pack")
+    domain_lists: list[str] = Field(
+        default_factory=list, description="Extra brand-safety domain list files or directories (one domain a line)"
+    )
+
+    def load_policy(self) -> Policy:
+        return load_policy(self.policy_path)
+
+    def replay_path(self, home: Path) -> Path:
+        path = Path(self.replay_dir).expanduser() if self.replay_dir else home / "replay"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def domain_map(self) -> dict[str, str]:
+        return load_domain_lists([REFERENCE / "unsafe.txt", *map(Path, self.domain_lists)])
