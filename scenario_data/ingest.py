@@ -17,17 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from modelsmith.atomic import write_with
 from scenario_data.features import FEATURE_SCHEMA, flatten, suspect_requests
-from scenario_data.openrtb import REQUEST_SCHEMA, RequestError, parse_json, validate_request
+from scenario_data.openrtb import REQUEST_ARROW_SCHEMA, REQUEST_SCHEMA, RequestError, parse_json, validate_request
 
 QUARANTINE_SCHEMA = pl.Schema(
     {"source_file": pl.String, "location": pl.String, "request_id": pl.String, "reason": pl.String, "raw": pl.Binary}
 )
 READABLE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz", ".parquet")
 CHUNK_LINES = 50_000
+MIN_SPLIT = 256
 JSON_COLUMN_NAMES = ("request", "bid_request", "bidrequest", "json", "body")
 
 
@@ -151,6 +154,11 @@ def _parquet_chunks(path: Path, chunk_lines: int) -> Iterator[Chunk]:
 def ingest_chunk(chunk: Chunk, domain_lists: dict[str, str]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Features and quarantine rows for one chunk; len(chunk.bodies) = accepted + quarantined."""
     frame = _fast_parse(chunk.bodies)
+    if frame is None and len(chunk.bodies) > MIN_SPLIT:
+        # Find the bad lines by halving, so one bad line costs a small chunk, not a 50,000-line one.
+        halves = [_sub_chunk(chunk, 0, len(chunk.bodies) // 2), _sub_chunk(chunk, len(chunk.bodies) // 2, None)]
+        parts = [ingest_chunk(h, domain_lists) for h in halves]
+        return pl.concat([p[0] for p in parts]), pl.concat([p[1] for p in parts])
     if frame is None:
         return _slow_path(chunk, domain_lists)
     suspects = suspect_requests(frame).to_list()
@@ -168,14 +176,23 @@ def ingest_chunk(chunk: Chunk, domain_lists: dict[str, str]) -> tuple[pl.DataFra
     return flatten(accepted, chunk.source_list(keep), lines, domain_lists), _quarantine_frame(quarantine)
 
 
+def _sub_chunk(chunk: Chunk, start: int, stop: int | None) -> Chunk:
+    return Chunk(chunk.source, chunk.bodies[start:stop], chunk.locations[start:stop], chunk.sources[start:stop])
+
+
 def _fast_parse(bodies: list[bytes]) -> pl.DataFrame | None:
+    """Arrow's JSON reader against the request schema: strict about types (a wrong type fails the
+    chunk rather than being coerced), unknown fields ignored; ~8x faster than json.loads here."""
     if any(b"\n" in b for b in bodies):
         return None
+    options = pajson.ParseOptions(explicit_schema=REQUEST_ARROW_SCHEMA, unexpected_field_behavior="ignore")
     try:
-        frame = pl.read_ndjson(io.BytesIO(b"\n".join(bodies)), schema=REQUEST_SCHEMA)
-    except Exception:  # polars raises ComputeError and friends for any line it cannot read with the schema
+        table = pajson.read_json(io.BytesIO(b"\n".join(bodies)), parse_options=options)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return None
-    return frame if frame.height == len(bodies) else None
+    if table.num_rows != len(bodies):
+        return None
+    return pl.from_arrow(table).cast(dict(REQUEST_SCHEMA))  # type: ignore[return-value]
 
 
 def _slow_path(chunk: Chunk, domain_lists: dict[str, str]) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
 # Leaf types: "str", "int", "float". Containers: a dict is an object, a one-element list a list.
 _MODELSMITH_EXT = {"ad_density": "float", "paid_traffic": "float", "templated": "int", "refresh_s": "int"}
@@ -59,7 +60,16 @@ def polars_dtype(spec: Any) -> pl.DataType:
     return pl.Struct({k: polars_dtype(v) for k, v in spec.items()})
 
 
+def arrow_type(spec: Any) -> pa.DataType:
+    if isinstance(spec, str):
+        return {"str": pa.string(), "json": pa.string(), "int": pa.int64(), "float": pa.float64()}[spec]
+    if isinstance(spec, list):
+        return pa.list_(arrow_type(spec[0]))
+    return pa.struct([(k, arrow_type(v)) for k, v in spec.items()])
+
+
 REQUEST_SCHEMA = pl.Schema({k: polars_dtype(v) for k, v in REQUEST_SPEC.items()})
+REQUEST_ARROW_SCHEMA = pa.schema([(k, arrow_type(v)) for k, v in REQUEST_SPEC.items()])
 
 
 class RequestError(ValueError):
