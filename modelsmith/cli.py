@@ -68,7 +68,9 @@ def ingest(paths: tuple[Path, ...], output: Path, domain_lists: tuple[Path, ...]
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one summary object")
-def loop(as_json: bool) -> None:
+@click.option("--replay-dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Real replay files to ingest with the pack (default: MODELSMITH_HOME/replay)")
+def loop(as_json: bool, replay_dir: str | None) -> None:
     """Run the main job on the embedded defaults, in one process, with the same Dagster definitions."""
     import dagster as dg
 
@@ -79,7 +81,8 @@ def loop(as_json: bool) -> None:
     job = defs.resolve_job_def("materialize_scenarios_job")
     home = modelsmith_home()
     with _instance(home) as instance:
-        result = job.execute_in_process(instance=instance)
+        run_config = {"resources": {"scenarios": {"config": {"replay_dir": str(Path(replay_dir).resolve())}}}} if replay_dir else {}
+        result = job.execute_in_process(instance=instance, run_config=run_config)
     if not result.success:
         raise click.ClickException("the scenario job failed; see the log above")
     summary = {"home": str(home), **json.loads((home / "replayed_auctions" / "summary.json").read_text())}
