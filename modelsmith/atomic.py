@@ -5,7 +5,6 @@ A run killed at any point leaves either the old file or the new one, never half 
 
 import contextlib
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,31 +35,6 @@ def write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
 
 def write_text(target: str | os.PathLike[str], text: str) -> None:
     write_bytes(target, text.encode("utf-8"))
-
-
-@contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Build a directory under a temp name and rename it into place only when complete."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield tmp
-        for p in sorted(tmp.rglob("*")):
-            if p.is_file():
-                with open(p, "rb") as f:
-                    os.fsync(f.fileno())
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_with(target: str | os.PathLike[str], writer: Callable[[Path], None]) -> None:

@@ -72,8 +72,6 @@ def ingest(paths: tuple[Path, ...], output: Path, domain_lists: tuple[Path, ...]
               help="Real replay files to ingest with the pack (default: MODELSMITH_HOME/replay)")
 def loop(as_json: bool, replay_dir: str | None) -> None:
     """Run the main job on the embedded defaults, in one process, with the same Dagster definitions."""
-    import dagster as dg
-
     from modelsmith.home import modelsmith_home
     from modelsmith_assets.definitions import build_definitions
 

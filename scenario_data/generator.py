@@ -18,6 +18,7 @@ JSON is written with sorted keys and fixed separators.
 
 import csv
 import functools
+import gzip
 import io
 import json
 import random
@@ -212,8 +213,6 @@ def write_pack(path: str | Path, n: int, seed: int, policy: Policy) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.name.endswith(".gz"):
-            import gzip
-
             # mtime=0 keeps the gzip header, and so the bytes, identical for the same seed.
             with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
                 for line in iter_labelled_lines(n, seed, policy):

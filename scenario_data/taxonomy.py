@@ -30,11 +30,6 @@ def verticals() -> tuple[str, ...]:
     return tuple(sorted(set(tier1_lookup().values()))) + (UNKNOWN,)
 
 
-def taxonomy_prefix(cattax: int | None) -> str:
-    """OpenRTB `cattax`: absent or 1 is Content 1.0; 2, 5, 6, 7 (and 9) are Content 2.x/3.x ids."""
-    return "1.0" if cattax in (None, 1) else "3"
-
-
 def load_domain_lists(paths: list[Path]) -> dict[str, str]:
     """Domain -> list name, from one-domain-per-line files (`#` comments); the list name is the file stem.
 
