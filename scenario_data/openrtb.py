@@ -48,19 +48,8 @@ REQUEST_SPEC: dict[str, Any] = {
     "source": {"schain": _SCHAIN, "ext": {"schain": _SCHAIN}},
 }
 
-# "json": a string holding JSON, or the same object unencoded (native.request); read as its text.
-_LEAF = {"str": pl.String, "json": pl.String, "int": pl.Int64, "float": pl.Float64}
-
-
-def polars_dtype(spec: Any) -> pl.DataType:
-    if isinstance(spec, str):
-        return _LEAF[spec]
-    if isinstance(spec, list):
-        return pl.List(polars_dtype(spec[0]))
-    return pl.Struct({k: polars_dtype(v) for k, v in spec.items()})
-
-
 def arrow_type(spec: Any) -> pa.DataType:
+    """Arrow type of a spec node; "json" is a string holding JSON, or the same object unencoded (native.request)."""
     if isinstance(spec, str):
         return {"str": pa.string(), "json": pa.string(), "int": pa.int64(), "float": pa.float64()}[spec]
     if isinstance(spec, list):
@@ -68,8 +57,8 @@ def arrow_type(spec: Any) -> pa.DataType:
     return pa.struct([(k, arrow_type(v)) for k, v in spec.items()])
 
 
-REQUEST_SCHEMA = pl.Schema({k: polars_dtype(v) for k, v in REQUEST_SPEC.items()})
 REQUEST_ARROW_SCHEMA = pa.schema([(k, arrow_type(v)) for k, v in REQUEST_SPEC.items()])
+REQUEST_SCHEMA = pl.from_arrow(REQUEST_ARROW_SCHEMA.empty_table()).schema  # the same types, as polars sees them
 
 
 class RequestError(ValueError):
@@ -110,7 +99,7 @@ def _type_walk(value: Any, spec: Any, path: str) -> None:
             ok = isinstance(value, (str, dict, list))
             want = "a JSON-encoded string"
         elif spec == "str":
-            # Any JSON scalar is read as its text (the fast path's parser does the same).
+            # Any JSON scalar is read as its text (the reference path re-reads it with polars, which does the same).
             ok = isinstance(value, (str, int, float))
             want = "a string"
         elif spec == "int":
