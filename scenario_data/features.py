@@ -89,30 +89,29 @@ def suspect_requests(df: pl.DataFrame) -> pl.Series:
         | (_f("device", "h") < 0).fill_null(False)
         | (pl.col("tmax") < 0).fill_null(False)
     ).to_series()
-    coerced = df.select(_coerced_text(REQUEST_SPEC)).to_series()
-    return (req_bad | imp_bad.fill_null(True) | coerced).rename("suspect")
+    non_finite = df.select(_non_finite_numbers(REQUEST_SPEC)).to_series()
+    return (req_bad | imp_bad.fill_null(True) | non_finite).rename("suspect")
 
 
-def _coerced_text(spec: dict, base: pl.Expr | None = None) -> pl.Expr:
-    """True where a text field holds what looks like an array or object: the JSON parser turns a
-    wrong-typed value into its text, so those rows go to the reference validator's type walk."""
+def _non_finite_numbers(spec: dict, base: pl.Expr | None = None) -> pl.Expr:
+    """True where a number field holds NaN or infinity: Arrow's reader accepts the `NaN` token, the
+    reference validator refuses non-finite numbers. (Wrong JSON types need no screen: Arrow refuses
+    them, and the chunk goes to the reference path.)"""
     parts = []
     for key, sub in spec.items():
         expr = pl.col(key) if base is None else base.struct.field(key)
-        parts.append(_coerced_leaf(expr, sub))
+        parts.append(_non_finite_leaf(expr, sub))
     return pl.any_horizontal(parts).fill_null(False)
 
 
-def _coerced_leaf(expr: pl.Expr, spec: object) -> pl.Expr:
-    if spec == "str":
-        return (expr.str.starts_with("[") | expr.str.starts_with("{")).fill_null(False)
+def _non_finite_leaf(expr: pl.Expr, spec: object) -> pl.Expr:
     if spec == "float":
         return (expr.is_infinite() | expr.is_nan()).fill_null(False)
     if isinstance(spec, str):
         return pl.lit(False)
     if isinstance(spec, list):
-        return expr.list.eval(_coerced_leaf(pl.element(), spec[0])).list.any().fill_null(False)
-    return _coerced_text(spec, expr)
+        return expr.list.eval(_non_finite_leaf(pl.element(), spec[0])).list.any().fill_null(False)
+    return _non_finite_numbers(spec, expr)
 
 
 def _imp_suspect() -> pl.Expr:
