@@ -6,7 +6,7 @@ from pathlib import Path
 import polars as pl
 
 from modelsmith.atomic import write_with
-from scenario_data.ingest import IngestResult, expand_paths, ingest_paths
+from scenario_data.ingest import IngestResult, ingest_paths
 from scenario_data.policy import Policy
 
 SEGMENT_KEYS = ("vertical", "inventory_type")
@@ -21,8 +21,7 @@ class ReplaySet:
 
 def build_replay_set(sources: list[Path], policy: Policy, domain_lists: dict[str, str]) -> ReplaySet:
     """Ingest every source (files or directories), then label each decision row with `policy`."""
-    files = [p for p in expand_paths([s for s in sources if Path(s).exists()])]
-    result = ingest_paths(files, domain_lists)
+    result = ingest_paths(sources, domain_lists)
     return ReplaySet(labelled=policy.label(result.features), ingest=result, policy_digest=policy.digest)
 
 
