@@ -1,0 +1,151 @@
+"""The embedded default base model: a tiny Llama that Modelsmith builds because nothing can be downloaded.
+
+It is one more Hugging Face directory: a WordLevel tokenizer trained over the prompt format, and a
+`LlamaForCausalLM` of ~0.1M parameters pre-trained (prompt -> one decision token,
+next-token loss on the decision) on a policy v1 scenario pack until it passes the
+v1 pins. Saved with `save_pretrained` (safetensors) and named by the digest of its files, exactly as
+a user's Llama or Qwen directory is.
+"""
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from modelsmith.model_dir import directory_digest
+from modelsmith.prompt import PROMPT_LENGTH, prompts, train_tokenizer
+
+
+@dataclass
+class TinyLlamaConfig:
+    """Architecture of the default model: sized to the policy, not to a benchmark."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 192
+    num_hidden_layers: int = 3
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+
+
+@dataclass
+class PretrainConfig:
+    """How the default model is pre-trained (full fine-tuning from random weights, CPU settings)."""
+
+    seed: int = 0
+    epochs_per_round: int = 2
+    max_rounds: int = 8
+    batch_size: int = 64
+    learning_rate: float = 5e-3
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    architecture: TinyLlamaConfig = field(default_factory=TinyLlamaConfig)
+
+
+def _cpu_threads() -> None:
+    # Small matmuls on a shared CPU: a second thread mostly waits on the first (measured here).
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def build_model(tokenizer, arch: TinyLlamaConfig, seed: int):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=arch.hidden_size,
+        intermediate_size=arch.intermediate_size,
+        num_hidden_layers=arch.num_hidden_layers,
+        num_attention_heads=arch.num_attention_heads,
+        num_key_value_heads=arch.num_key_value_heads,
+        max_position_embeddings=PROMPT_LENGTH + 8,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def encode(tokenizer, labelled: pl.DataFrame):
+    """(input_ids, label token ids) for every row: fixed-length prompts, so one tensor and no padding."""
+    import torch
+
+    from modelsmith.prompt import label_token_ids
+    from scenario_data.policy import DECISIONS
+
+    enc = tokenizer(prompts(labelled), return_tensors="pt")["input_ids"]
+    ids = dict(zip(DECISIONS, label_token_ids(tokenizer)))
+    return enc, torch.tensor([ids[d] for d in labelled["expected"]])
+
+
+def pretrain(
+    labelled: pl.DataFrame,
+    out_dir: Path,
+    cfg: PretrainConfig | None = None,
+    passes: Callable[[object, object], bool] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train the default model on `labelled` rows, in rounds of epochs, until `passes(model, tokenizer)`.
+
+    A plain causal-LM loop (next-token cross-entropy on the decision token after the prompt), not
+    trl: pre-training from random weights on a one-token completion needs none of SFTTrainer's
+    dataset machinery, and its per-round preprocessing cost more than the training on this CPU.
+    Adapters are trained with trl (the trainer resource). Writes a complete `save_pretrained`
+    directory to `out_dir` atomically (a temporary sibling, renamed).
+    """
+    import torch
+
+    cfg = cfg or PretrainConfig()
+    _cpu_threads()
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        tokenizer = train_tokenizer(prompts(labelled))
+        model = build_model(tokenizer, cfg.architecture, cfg.seed)
+        inputs, targets = encode(tokenizer, labelled)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        steps_per_epoch = -(-len(targets) // cfg.batch_size)
+        total = steps_per_epoch * cfg.epochs_per_round * cfg.max_rounds
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        warmup = max(1, int(cfg.warmup_ratio * steps_per_epoch * cfg.epochs_per_round))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.05, 1 - s / total))
+        rounds, loss, passed = 0, float("nan"), False
+        while rounds < cfg.max_rounds and not passed:
+            rounds += 1
+            model.train()
+            losses = []
+            for _ in range(cfg.epochs_per_round):
+                order = torch.randperm(len(targets), generator=gen)
+                for start in range(0, len(order), cfg.batch_size):
+                    idx = order[start:start + cfg.batch_size]
+                    logits = model(input_ids=inputs[idx], use_cache=False, logits_to_keep=1).logits[:, -1, :]
+                    step_loss = torch.nn.functional.cross_entropy(logits, targets[idx])
+                    step_loss.backward()
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+                    losses.append(step_loss.item())
+            loss = sum(losses[-steps_per_epoch:]) / max(1, min(len(losses), steps_per_epoch))
+            model.eval()
+            passed = passes(model, tokenizer) if passes else True
+            log(f"pretrain round {rounds}: mean loss (last epoch) {loss:.4f}, passes: {passed}")
+        model.config.use_cache = True
+        model.save_pretrained(work, safe_serialization=True)
+        tokenizer.save_pretrained(work)
+        summary = {"rounds": rounds, "training_loss": loss, "passed": passed, "rows": labelled.height,
+                   "parameters": sum(p.numel() for p in model.parameters()), "config": asdict(cfg)}
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(work, out_dir)
+        return {**summary, "digest": directory_digest(out_dir)}
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise

@@ -1,0 +1,130 @@
+"""Model versions: directories named by the digest of their files, a registry of them, and the champion.
+
+A model version is a base model directory or a LoRA adapter directory (on one base). Its name is
+the SHA-256 of a manifest of its files (relative path and SHA-256 of each), so the same weights
+have the same name wherever they were produced. The registry records, per digest, where the
+directory is and what it is; the champion is one small record that only the promotion gate moves
+(and bootstrap sets to the base model when there is none).
+"""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from modelsmith.atomic import write_text
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest(directory: Path) -> list[tuple[str, str]]:
+    """(relative path, sha256) of every regular file, sorted; hidden files and folders are not content."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"model directory {directory} does not exist")
+    out = []
+    for path in sorted(directory.rglob("*")):
+        rel = path.relative_to(directory)
+        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+            out.append((rel.as_posix(), file_sha256(path)))
+    if not out:
+        raise FileNotFoundError(f"model directory {directory} has no files")
+    return out
+
+
+def directory_digest(directory: Path) -> str:
+    lines = "".join(f"{sha}  {rel}\n" for rel, sha in manifest(directory))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def short(digest: str) -> str:
+    """The name a partition key and a UI show: 16 hex digits are plenty to tell versions apart."""
+    return digest[:16]
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    digest: str
+    kind: str  # "base" or "adapter"
+    path: str
+    base: str | None = None  # the base model's digest, for an adapter
+    created: str = ""
+
+    @property
+    def key(self) -> str:
+        return short(self.digest)
+
+
+class Registry:
+    """Model versions known to this Modelsmith home, looked up by full digest or partition key."""
+
+    def __init__(self, home: Path):
+        self.root = Path(home) / "registry"
+
+    def register(self, path: Path, kind: str, base: str | None = None, digest: str | None = None) -> ModelVersion:
+        if kind not in ("base", "adapter"):
+            raise ValueError(f"kind must be 'base' or 'adapter', not {kind!r}")
+        path = Path(path).resolve()
+        digest = digest or directory_digest(path)
+        existing = self.find(digest)
+        if existing and Path(existing.path).is_dir():
+            return existing
+        version = ModelVersion(digest, kind, str(path), base, datetime.now(UTC).isoformat(timespec="seconds"))
+        write_text(self.root / f"{digest}.json", json.dumps(asdict(version), indent=2))
+        return version
+
+    def find(self, key: str) -> ModelVersion | None:
+        if not self.root.is_dir():
+            return None
+        exact = self.root / f"{key}.json"
+        matches = [exact] if exact.exists() else sorted(self.root.glob(f"{key}*.json"))
+        if len(matches) > 1:
+            raise ValueError(f"model version key {key!r} is ambiguous: {[m.stem for m in matches]}")
+        return ModelVersion(**json.loads(matches[0].read_text())) if matches else None
+
+    def get(self, key: str) -> ModelVersion:
+        version = self.find(key)
+        if version is None:
+            raise KeyError(f"no model version {key!r} in {self.root}; materialise base_model (or an adapter) first")
+        return version
+
+    def all(self) -> list[ModelVersion]:
+        if not self.root.is_dir():
+            return []
+        return [ModelVersion(**json.loads(p.read_text())) for p in sorted(self.root.glob("*.json"))]
+
+
+@dataclass(frozen=True)
+class Champion:
+    model_version: str  # full digest
+    since: str
+    by: str
+    reason: str = ""
+
+
+def champion_path(home: Path) -> Path:
+    return Path(home) / "champion.json"
+
+
+def read_champion(home: Path) -> Champion | None:
+    path = champion_path(home)
+    return Champion(**json.loads(path.read_text())) if path.exists() else None
+
+
+def write_champion(home: Path, digest: str, by: str, reason: str) -> Champion:
+    """Move the champion pointer. Only the promotion gate calls this (and bootstrap, once)."""
+    record = Champion(digest, datetime.now(UTC).isoformat(timespec="seconds"), by, reason)
+    write_text(champion_path(home), json.dumps(asdict(record), indent=2))
+    return record
+
+
+def bootstrap_champion(home: Path, base_digest: str) -> Champion:
+    """At bootstrap the base model is the champion; an existing champion is never replaced here."""
+    return read_champion(home) or write_champion(home, base_digest, by="bootstrap", reason="no champion yet: the base model")

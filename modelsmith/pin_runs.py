@@ -1,0 +1,155 @@
+"""Pin runs: decide the replayed auctions with one model version, score the pins, keep the history.
+
+Every run is stored under `HOME/pins/<version key>/<run id>/` as Parquet (predictions, per-pin
+metrics, per-decision precision/recall) plus a `summary.json`, written atomically. The history of
+every version is one DuckDB query away:
+
+    SELECT model_version, policy_digest, pin, accuracy, passed
+    FROM read_parquet('~/.modelsmith/pins/*/*/metrics.parquet') ORDER BY created
+"""
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+from modelsmith.atomic import write_text, write_with
+from modelsmith.evaluate import (
+    PinResult,
+    composite,
+    decision_metrics,
+    predictions_frame,
+    reference_from_predictions,
+    results_frame,
+    score_pins,
+)
+from modelsmith.model_dir import short
+from modelsmith.pins import PinSet
+
+
+@dataclass
+class PinRun:
+    model_version: str
+    policy_digest: str
+    scenarios_digest: str
+    predictions: pl.DataFrame
+    results: list[PinResult]
+    decisions: pl.DataFrame
+    reference: str  # what the paired test compared against, in words
+    created: str = ""
+
+    @property
+    def composite(self) -> float:
+        return composite(self.results)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    def summary(self) -> dict:
+        return {
+            "model_version": self.model_version, "policy_digest": self.policy_digest,
+            "scenarios_digest": self.scenarios_digest, "created": self.created, "rows": self.predictions.height,
+            "passed": self.passed, "composite": self.composite, "reference": self.reference,
+            "regressed": [r.pin for r in self.results if r.regressed],
+            "failed": [r.pin for r in self.results if not r.passed],
+        }
+
+    def as_json(self) -> dict:
+        """The `modelsmith pins run --json` shape."""
+        return {
+            "model": self.model_version, "policy": self.policy_digest, "scenarios": self.scenarios_digest,
+            "rows": self.predictions.height, "composite": self.composite, "passed": self.passed,
+            "reference": self.reference,
+            "pins": [
+                {"segment": r.pin, "rows": r.rows, "accuracy": r.accuracy, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                 "latency_p99_ms": r.latency_p99_ms, "passed": r.passed,
+                 **({"regressed": r.regressed, "p_value": r.p_value, "drop": r.drop} if r.p_value is not None else {}),
+                 **({"reasons": r.reasons} if r.reasons else {})}
+                for r in self.results
+            ],
+        }
+
+
+def pin(engine, labelled: pl.DataFrame, pins: PinSet, model_version: str, scenarios_digest: str,
+        reference: pl.DataFrame | None = None, reference_name: str = "none") -> PinRun:
+    """Decide every row with `engine` (already switched to the version's adapter) and score the pins."""
+    decided = engine.decide(labelled).to_frame()
+    preds = predictions_frame(labelled, decided)
+    policy_digest = labelled["policy_digest"][0] if labelled.height else ""
+    return PinRun(model_version, policy_digest, scenarios_digest, preds, score_pins(pins, preds, reference),
+                  decision_metrics(pins, preds), reference_name, datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+def runs_root(home: Path) -> Path:
+    return Path(home) / "pins"
+
+
+def store(home: Path, run: PinRun) -> Path:
+    """Write a run under HOME/pins/<version key>/<run id>/; the summary is written last (it marks completeness)."""
+    stamp = run.created.replace(":", "").replace("-", "")
+    run_dir = runs_root(home) / short(run.model_version) / f"{stamp}-{run.policy_digest[:8]}-{run.scenarios_digest[:8]}"
+    tags = {"model_version": run.model_version, "policy_digest": run.policy_digest,
+            "scenarios_digest": run.scenarios_digest, "created": run.created}
+    metrics = results_frame(run.results).with_columns(*(pl.lit(v).alias(k) for k, v in tags.items()))
+    decisions = run.decisions.with_columns(*(pl.lit(v).alias(k) for k, v in tags.items()))
+    write_with(run_dir / "predictions.parquet", lambda tmp: run.predictions.write_parquet(tmp))
+    write_with(run_dir / "metrics.parquet", lambda tmp: metrics.write_parquet(tmp))
+    write_with(run_dir / "decisions.parquet", lambda tmp: decisions.write_parquet(tmp))
+    write_text(run_dir / "summary.json", json.dumps(run.summary(), indent=2))
+    return run_dir
+
+
+def runs(home: Path, model_version: str) -> list[tuple[Path, dict]]:
+    """Complete runs of one version, oldest first."""
+    root = runs_root(home) / short(model_version)
+    out = []
+    for summary in sorted(root.glob("*/summary.json")):
+        out.append((summary.parent, json.loads(summary.read_text())))
+    return sorted(out, key=lambda x: x[1]["created"])
+
+
+def last_passing(home: Path, model_version: str) -> tuple[Path, dict] | None:
+    passing = [r for r in runs(home, model_version) if r[1]["passed"]]
+    return passing[-1] if passing else None
+
+
+def latest(home: Path, model_version: str, policy_digest: str | None = None, scenarios_digest: str | None = None):
+    matching = [r for r in runs(home, model_version)
+                if (policy_digest is None or r[1]["policy_digest"] == policy_digest)
+                and (scenarios_digest is None or r[1]["scenarios_digest"] == scenarios_digest)]
+    return matching[-1] if matching else None
+
+
+def reference_for(home: Path, model_version: str, champion: str | None, labelled: pl.DataFrame) -> tuple[pl.DataFrame | None, str]:
+    """What a version is compared against (see the module docs of `modelsmith.evaluate`).
+
+    A candidate (not the champion) against the champion's latest decisions on these scenarios,
+    judged by today's labels; the champion against itself at its last passing pin.
+    """
+    if champion and model_version != champion:
+        found = latest(home, champion)
+        if found is None:
+            return None, "none: the champion has no pin run yet"
+        preds = pl.read_parquet(found[0] / "predictions.parquet", columns=["row_id", "predicted"])
+        return reference_from_predictions(preds, labelled), f"champion {short(champion)} ({found[0].name})"
+    found = last_passing(home, model_version)
+    if found is None:
+        return None, "none: no earlier passing pin run"
+    preds = pl.read_parquet(found[0] / "predictions.parquet", columns=["row_id", "correct"])
+    return reference_from_predictions(preds), f"its last passing pin run ({found[0].name})"
+
+
+def history(home: Path) -> pl.DataFrame:
+    """Every pin of every run of every version, through DuckDB over the Parquet files in place."""
+    import duckdb
+
+    pattern = str(runs_root(home) / "*" / "*" / "metrics.parquet")
+    if not list(runs_root(home).glob("*/*/metrics.parquet")):
+        return pl.DataFrame()
+    return duckdb.sql(
+        f"SELECT created, model_version, policy_digest, scenarios_digest, pin, rows, accuracy, ci_low, ci_high, "
+        f"latency_p99_ms, composite, regressed, passed FROM read_parquet('{pattern}') ORDER BY created, pin"
+    ).pl()

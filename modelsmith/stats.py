@@ -1,0 +1,82 @@
+"""The statistics pins rely on: Wilson intervals, and paired tests of a drop in accuracy.
+
+Regression is a paired question (the same scenarios, decided twice), so it is tested on the
+discordant pairs: rows the reference got right and the other got wrong (`b`), and the reverse
+(`c`). scipy does the arithmetic; `tests/unit/model/test_stats.py` checks it against statsmodels.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import binomtest
+
+TESTS = ("mcnemar", "bootstrap")
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (no continuity correction); (0, 1) when n is 0."""
+    if n == 0:
+        return 0.0, 1.0
+    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+@dataclass(frozen=True)
+class PairedResult:
+    n: int  # rows both sides decided
+    reference_accuracy: float
+    accuracy: float
+    worse: int  # b: the reference right, this one wrong
+    better: int  # c: the reference wrong, this one right
+    p_value: float  # one-sided: H1 "this one is less accurate than the reference"
+    test: str
+
+    @property
+    def drop(self) -> float:
+        return self.reference_accuracy - self.accuracy
+
+
+def discordant(reference_correct: np.ndarray, correct: np.ndarray) -> tuple[int, int]:
+    reference_correct, correct = np.asarray(reference_correct, bool), np.asarray(correct, bool)
+    if reference_correct.shape != correct.shape:
+        raise ValueError(f"paired vectors differ in length: {reference_correct.shape} vs {correct.shape}")
+    return int((reference_correct & ~correct).sum()), int((~reference_correct & correct).sum())
+
+
+def mcnemar_exact(worse: int, better: int, alternative: str = "greater") -> float:
+    """Exact McNemar: under H0 a discordant pair is equally likely either way, so `worse` ~ Bin(b + c, 1/2).
+
+    `alternative="greater"` asks whether the pairs lean towards `worse` (a regression);
+    "two-sided" is the textbook test (statsmodels' `mcnemar(exact=True)`).
+    """
+    total = worse + better
+    if total == 0:
+        return 1.0
+    return float(binomtest(worse, total, 0.5, alternative=alternative).pvalue)
+
+
+def paired_bootstrap(reference_correct: np.ndarray, correct: np.ndarray, resamples: int = 10_000, seed: int = 0) -> float:
+    """One-sided p-value of a drop: the share of row resamples where the accuracy difference is <= 0.
+
+    The statistic is the paired difference `reference - this` per row, resampled with replacement;
+    p is the bootstrap probability that the mean difference does not exceed zero (no drop).
+    """
+    diff = np.asarray(reference_correct, np.int8) - np.asarray(correct, np.int8)
+    n = diff.size
+    if n == 0 or not diff.any():
+        return 1.0
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples)  # resample weights, one row per resample
+    means = counts @ diff / n
+    return float((means <= 0).mean())
+
+
+def paired_test(reference_correct: np.ndarray, correct: np.ndarray, test: str = "mcnemar", **kwargs) -> PairedResult:
+    """Is `correct` (this version) less accurate than `reference_correct` on the same rows?"""
+    if test not in TESTS:
+        raise ValueError(f"unknown paired test {test!r}; expected one of {TESTS}")
+    ref, cur = np.asarray(reference_correct, bool), np.asarray(correct, bool)
+    worse, better = discordant(ref, cur)
+    p = mcnemar_exact(worse, better) if test == "mcnemar" else paired_bootstrap(ref, cur, **kwargs)
+    n = ref.size
+    return PairedResult(n, float(ref.mean()) if n else 0.0, float(cur.mean()) if n else 0.0, worse, better, p, test)
