@@ -149,3 +149,16 @@ def pretrain(
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+def v1_pins_pass(labelled: pl.DataFrame, pins) -> Callable[[object, object], bool]:
+    """The pretraining stop condition: every pin's accuracy floor holds on `labelled` (latency is the engine's)."""
+    from modelsmith.evaluate import predictions_frame, score_pins
+    from resources.inference import TransformersEngine
+
+    def passes(model, tokenizer) -> bool:
+        engine = TransformersEngine.from_loaded(model, tokenizer, batch_size=64)
+        preds = predictions_frame(labelled, engine.decide(labelled).to_frame())
+        return all(r.accuracy >= r.accuracy_floor and r.rows >= 1 for r in score_pins(pins, preds))
+
+    return passes

@@ -88,6 +88,120 @@ def loop(as_json: bool, replay_dir: str | None) -> None:
     click.echo(json.dumps(summary) if as_json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
 
 
+@main.group()
+def model() -> None:
+    """The base model."""
+
+
+@model.command("build")
+@click.option("--scenarios", "scenario_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Training scenarios (default: a generated pack of --n requests)")
+@click.option("--n", type=int, default=10_000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--policy", "policy_path", default=None, help="Policy file (default: shipped v1)")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--json", "as_json", is_flag=True)
+def model_build(scenario_file: Path | None, n: int, seed: int, policy_path: str | None, output: Path, as_json: bool) -> None:
+    """Build the embedded default base model into OUTPUT (a Hugging Face directory)."""
+    from modelsmith.base_model import PretrainConfig, pretrain, v1_pins_pass
+    from modelsmith.pins import load_pins
+
+    labelled = _labelled(scenario_file, _policy(policy_path), n, seed)
+    summary = pretrain(labelled, output, PretrainConfig(seed=seed), passes=v1_pins_pass(labelled, load_pins()),
+                       log=lambda m: click.echo(m, err=True))
+    click.echo(json.dumps(summary) if as_json else f"base model {summary['digest'][:16]} -> {output} "
+               f"({summary['parameters']} parameters, {summary['rounds']} rounds, pins pass: {summary['passed']})")
+
+
+def _labelled(scenario_file: Path | None, policy, n: int = 10_000, seed: int = 0):
+    from scenario_data.generator import generate_requests, label_requests
+    from scenario_data.replay import build_replay_set
+    from scenario_data.taxonomy import REFERENCE, load_domain_lists
+
+    if scenario_file is None:
+        return label_requests(generate_requests(n, seed), policy)
+    replay = build_replay_set([scenario_file], policy, load_domain_lists([REFERENCE / "unsafe.txt"]))
+    if replay.ingest.quarantine.height:
+        click.echo(f"{replay.ingest.quarantine.height} request(s) quarantined from {scenario_file}", err=True)
+    return replay.labelled
+
+
+@main.group()
+def pins() -> None:
+    """Pin a model version: per-segment accuracy, latency and regression."""
+
+
+@pins.command("run")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--adapter", "adapter_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
+@click.option("--policy", "policy_path", required=True, help="Policy file (YAML)")
+@click.option("--scenarios", "scenario_file", type=click.Path(exists=True, path_type=Path), required=True)
+@click.option("--pins", "pins_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Pin file (default: the shipped vertical x inventory type pins)")
+@click.option("--against", "against_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Another model directory: add the paired test against its decisions on the same rows")
+@click.option("--engine", default="transformers", show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def pins_run(model_dir: Path, adapter_dir: Path | None, policy_path: str, scenario_file: Path, pins_path: str | None,
+             against_dir: Path | None, engine: str, batch_size: int, as_json: bool) -> None:
+    """Pin MODEL (with --adapter, a LoRA on it) on SCENARIOS labelled by POLICY, outside Dagster."""
+    from modelsmith.evaluate import reference_from_predictions
+    from modelsmith.model_dir import directory_digest
+    from modelsmith.pin_runs import pin
+    from modelsmith.pins import load_pins
+    from resources.inference import load_engine
+
+    pinset = load_pins(pins_path)
+    labelled = _labelled(scenario_file, _policy(policy_path))
+    reference, reference_name = None, "none"
+    if against_dir is not None:
+        other = load_engine(against_dir, engine, batch_size=batch_size)
+        decided = other.decide(labelled).to_frame().with_columns(labelled["row_id"])
+        reference = reference_from_predictions(decided, labelled)
+        reference_name = f"{against_dir} ({directory_digest(against_dir)[:16]})"
+        del other
+    eng = load_engine(model_dir, engine, batch_size=batch_size)
+    version = directory_digest(model_dir)
+    if adapter_dir is not None:
+        version = directory_digest(adapter_dir)
+        eng.attach_adapter(version, adapter_dir)
+        eng.use(version)
+    run = pin(eng, labelled, pinset, version, _file_digest(scenario_file), reference, reference_name)
+    if as_json:
+        click.echo(json.dumps(run.as_json()))
+    else:
+        from modelsmith.evaluate import markdown_table
+
+        click.echo(markdown_table(run.results))
+        click.echo(f"model {version[:16]}  policy {run.policy_digest[:16]}  composite {run.composite:.4f}  "
+                   f"{'all pins pass' if run.passed else 'FAILED: ' + ', '.join(run.summary()['failed'])}")
+    if not run.passed:
+        sys.exit(1)
+
+
+@pins.command("init")
+@click.option("--scenarios", "scenario_file", type=click.Path(exists=True, path_type=Path), required=True)
+@click.option("--policy", "policy_path", default=None)
+@click.option("--by", default="vertical,inventory_type", show_default=True, help="Segment columns, comma-separated")
+@click.option("--min-support", type=int, default=100, show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def pins_init(scenario_file: Path, policy_path: str | None, by: str, min_support: int, output: Path) -> None:
+    """Write a pin file with one pin per segment that has at least --min-support rows."""
+    from modelsmith.atomic import write_text
+    from modelsmith.pins import segment_pins_yaml
+
+    labelled = _labelled(scenario_file, _policy(policy_path))
+    write_text(output, segment_pins_yaml(labelled, tuple(c.strip() for c in by.split(",")), min_support))
+    click.echo(f"pins -> {output}")
+
+
+def _file_digest(path: Path) -> str:
+    from modelsmith.model_dir import directory_digest, file_sha256
+
+    return directory_digest(path) if path.is_dir() else file_sha256(path)
+
+
 def _instance(home: Path):
     """The embedded Dagster instance: SQLite under DAGSTER_HOME inside the Modelsmith home."""
     import os

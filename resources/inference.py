@@ -11,7 +11,6 @@ model (`use(digest)`); the base is never reloaded.
   labels. Without CUDA or vLLM it is unavailable with a reason (`vllm_unavailable_reason`).
 """
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,10 +61,8 @@ class TransformersEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if threads:
-            torch.set_num_threads(threads)
-        elif torch.get_num_threads() > (os.cpu_count() or 1):
-            torch.set_num_threads(os.cpu_count() or 1)
+        # Small matmuls on a shared CPU: one thread unless told otherwise (a second mostly waits, measured here).
+        torch.set_num_threads(threads or 1)
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if device == "auto" else device))
         self.model_dir = str(model_dir)
@@ -80,6 +77,21 @@ class TransformersEngine:
         self.batch_size = batch_size
         self.adapters: dict[str, str] = {}
         self.active: str | None = None
+
+    @classmethod
+    def from_loaded(cls, model, tokenizer, batch_size: int = 64) -> "TransformersEngine":
+        """An engine over a model already in memory (the pretraining loop checks pins with it)."""
+        import torch
+
+        self = cls.__new__(cls)
+        self.device = next(model.parameters()).device
+        self.model_dir = ""
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"
+        self.base = self.model = model.eval()
+        self.label_ids = torch.tensor(label_token_ids(tokenizer), device=self.device)
+        self.batch_size, self.adapters, self.active = batch_size, {}, None
+        return self
 
     def attach_adapter(self, digest: str, path: str | Path) -> None:
         """Load a LoRA adapter once under its digest; `use(digest)` then switches to it."""

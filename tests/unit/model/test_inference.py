@@ -1,0 +1,86 @@
+"""The inference engines on a real (tiny, untrained) Llama directory: batching, adapters, vLLM guard."""
+
+import numpy as np
+import pytest
+
+from modelsmith.base_model import TinyLlamaConfig, build_model
+from modelsmith.prompt import LABEL_TOKENS, prompts, train_tokenizer
+from resources.inference import TransformersEngine, VllmEngine, vllm_unavailable_reason
+from scenario_data.generator import generate_requests, label_requests
+from scenario_data.policy import shipped_policy
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return label_requests(generate_requests(40, seed=3), shipped_policy(1))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, rows):
+    out = tmp_path_factory.mktemp("tiny")
+    tok = train_tokenizer(prompts(rows))
+    build_model(tok, TinyLlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1), seed=0).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory, model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("adapter")
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False))
+    lora.save_pretrained(out)
+    return out
+
+
+def test_decisions_are_labels_with_probabilities_and_batch_size_does_not_change_them(model_dir, rows):
+    big = TransformersEngine(model_dir, batch_size=16).decide(rows)
+    one = TransformersEngine(model_dir, batch_size=1).decide(rows)
+    assert set(big.decision) <= set(LABEL_TOKENS) and len(big.decision) == rows.height
+    np.testing.assert_allclose(big.probabilities.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(big.probabilities, one.probabilities, atol=1e-5)
+    assert (big.latency_ms > 0).all()
+    frame = big.to_frame()
+    assert frame.columns[:1] == ["predicted"] and frame.height == rows.height
+
+
+def test_adapters_hot_swap_on_one_loaded_base(model_dir, adapter_dir, rows):
+    engine = TransformersEngine(model_dir, batch_size=8)
+    base_probs = engine.decide(rows).probabilities
+    base_object = engine.base
+    engine.attach_adapter("abc123", adapter_dir)
+    assert engine.active is None
+    np.testing.assert_allclose(engine.decide(rows).probabilities, base_probs, atol=1e-6)  # attached, not active
+    engine.use("abc123")
+    with_adapter = engine.decide(rows).probabilities
+    assert not np.allclose(with_adapter, base_probs, atol=1e-4)
+    engine.use(None)
+    np.testing.assert_allclose(engine.decide(rows).probabilities, base_probs, atol=1e-6)
+    engine.use("abc123")
+    np.testing.assert_allclose(engine.decide(rows).probabilities, with_adapter, atol=1e-6)
+    assert engine.model.base_model.model is base_object  # the base was never reloaded
+    with pytest.raises(KeyError, match="not attached"):
+        engine.use("nope")
+
+
+def test_vllm_is_refused_with_a_reason_without_cuda(model_dir):
+    reason = vllm_unavailable_reason()
+    if reason is None:
+        pytest.skip("CUDA and vLLM are present: the gpu test covers the engine")
+    with pytest.raises(RuntimeError) as e:
+        VllmEngine(model_dir)
+    assert str(e.value) == reason
+
+
+@pytest.mark.gpu
+def test_vllm_engine_agrees_with_transformers(model_dir, adapter_dir, rows):
+    reason = vllm_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    ref = TransformersEngine(model_dir, device="cuda").decide(rows)
+    engine = VllmEngine(model_dir)
+    got = engine.decide(rows)
+    assert np.mean(np.array(got.decision) == np.array(ref.decision)) > 0.95
