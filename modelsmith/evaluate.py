@@ -56,7 +56,7 @@ def predictions_frame(labelled: pl.DataFrame, decided: pl.DataFrame) -> pl.DataF
     """The labelled rows with the engine's decision, label probabilities, latency and `correct`."""
     if labelled.height != decided.height:
         raise ValueError(f"{decided.height} decisions for {labelled.height} rows")
-    out = pl.concat([labelled, decided], how="horizontal")
+    out = labelled.hstack(decided)
     return out.with_columns((pl.col("predicted") == pl.col("expected")).alias("correct"))
 
 
