@@ -1,11 +1,11 @@
 """Scenario stage: the active policy, the generated scenario pack, and the replayed auctions."""
 
-import hashlib
 import json
 from pathlib import Path
 
 import dagster as dg
 
+from modelsmith.model_dir import file_sha256
 from resources.scenarios import ScenarioSettings
 from resources.storage import StorageEngine
 from scenario_data.expectations import validate_features, validate_labels
@@ -13,14 +13,6 @@ from scenario_data.generator import write_pack
 from scenario_data.replay import build_replay_set, segment_counts, to_markdown, write_replay_set
 
 GROUP = "scenarios"
-
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dg.asset(group_name=GROUP, kinds={"yaml"})
@@ -52,7 +44,7 @@ def scenario_pack(scenarios: ScenarioSettings, storage: StorageEngine) -> dg.Mat
     path = storage.path("packs", f"default-n{scenarios.pack_size}-s{scenarios.pack_seed}-{active.digest[:12]}.jsonl")
     if not path.exists():
         write_pack(path, scenarios.pack_size, scenarios.pack_seed, active)
-    digest = _sha256(path)
+    digest = file_sha256(path)
     storage.put_json("packs/current.json", {"path": str(path), "sha256": digest, "policy_digest": active.digest})
     return dg.MaterializeResult(
         data_version=dg.DataVersion(digest),
@@ -84,7 +76,7 @@ def replayed_auctions(context: dg.AssetExecutionContext, scenarios: ScenarioSett
     summary = replay.ingest.summary()
     storage.put_json("replayed_auctions/summary.json", {**summary, "policy_digest": active.digest,
                                                         "files": replay.ingest.files})
-    digest = _sha256(labelled_path)
+    digest = file_sha256(labelled_path)
     context.log.info(f"replayed auctions: {json.dumps(summary)}")
     yield dg.MaterializeResult(
         data_version=dg.DataVersion(digest),
