@@ -9,6 +9,7 @@ every version is one DuckDB query away:
 """
 
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,7 +91,7 @@ def runs_root(home: Path) -> Path:
 def store(home: Path, run: PinRun) -> Path:
     """Write a run under HOME/pins/<version key>/<run id>/; the summary is written last (it marks completeness)."""
     stamp = run.created.replace(":", "").replace("-", "")
-    run_dir = runs_root(home) / short(run.model_version) / f"{stamp}-{run.policy_digest[:8]}-{run.scenarios_digest[:8]}"
+    run_dir = runs_root(home) / short(run.model_version) / f"{stamp}-{run.policy_digest[:8]}-{run.scenarios_digest[:8]}-{uuid.uuid4().hex[:8]}"
     tags = {"model_version": run.model_version, "policy_digest": run.policy_digest,
             "scenarios_digest": run.scenarios_digest, "created": run.created}
     metrics = results_frame(run.results).with_columns(*(pl.lit(v).alias(k) for k, v in tags.items()))
