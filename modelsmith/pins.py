@@ -19,7 +19,7 @@ writes one pin per vertical x inventory type with enough rows, which is what the
 """
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,6 @@ class PinSet:
     test: str = "mcnemar"
     alpha: float = 0.01
     source: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def by_check(self) -> dict[str, Pin]:
         return {p.check_name: p for p in self.pins}

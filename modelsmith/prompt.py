@@ -19,7 +19,7 @@ Each decision is one added token, so scoring the label set is one forward pass.
 
 import bisect
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,7 +157,3 @@ def label_token_ids(tokenizer) -> list[int]:
             raise ValueError(f"the tokenizer splits the label {label!r} into {len(pieces)} tokens; each label must be one")
         ids.append(pieces[0])
     return ids
-
-
-def decisions_from(indices: Sequence[int]) -> list[str]:
-    return [LABEL_TOKENS[i] for i in indices]
