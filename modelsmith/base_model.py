@@ -162,3 +162,61 @@ def v1_pins_pass(labelled: pl.DataFrame, pins) -> Callable[[object, object], boo
         return all(r.accuracy >= r.accuracy_floor and r.rows >= 1 for r in score_pins(pins, preds))
 
     return passes
+
+
+def build_key(cfg: PretrainConfig, pack_size: int, policy_digest: str, pins_digest: str) -> str:
+    """What determines the default model's bytes: the training config, the pack, the pins and this code."""
+    import hashlib
+    import json
+
+    code = b"".join(Path(m.__file__).read_bytes() for m in (_this_module(), _prompt_module()))
+    record = json.dumps({"config": asdict(cfg), "pack_size": pack_size, "policy": policy_digest,
+                         "pins": pins_digest, "code": hashlib.sha256(code).hexdigest()}, sort_keys=True)
+    return hashlib.sha256(record.encode()).hexdigest()
+
+
+def _this_module():
+    import sys
+
+    return sys.modules[__name__]
+
+
+def _prompt_module():
+    import modelsmith.prompt
+
+    return modelsmith.prompt
+
+
+def build_default(models_dir: Path, cfg: PretrainConfig, pack_size: int = 10_000,
+                  log: Callable[[str], None] = print) -> tuple[Path, dict]:
+    """Build (or find already built) the embedded default model under `models_dir/<build key>/`.
+
+    The build is deterministic for its key, so a finished build with the same key is reused, not
+    retrained: the record beside it (`<key>.json`, written after the directory) marks it complete.
+    Refuses to hand back a model that did not pass the v1 pins within `cfg.max_rounds`.
+    """
+    import json
+
+    from modelsmith.atomic import write_text
+    from modelsmith.pins import load_pins
+    from scenario_data.generator import generate_requests, label_requests
+    from scenario_data.policy import shipped_policy
+
+    v1 = shipped_policy(1)
+    pins = load_pins()
+    key = build_key(cfg, pack_size, v1.digest, pins.digest)
+    out_dir, record_path = Path(models_dir) / key[:16], Path(models_dir) / f"{key[:16]}.json"
+    if record_path.is_file() and out_dir.is_dir():
+        record = json.loads(record_path.read_text())
+        if directory_digest(out_dir) == record["digest"]:
+            return out_dir, {**record, "reused": True}
+        log(f"{out_dir} does not match its build record; rebuilding")
+    labelled = label_requests(generate_requests(pack_size, cfg.seed), v1)
+    summary = pretrain(labelled, out_dir, cfg, passes=v1_pins_pass(labelled, pins), log=log)
+    if not summary["passed"]:
+        raise RuntimeError(f"the default model did not pass the v1 pins in {cfg.max_rounds} rounds "
+                           f"(loss {summary['training_loss']:.4f}); raise max_rounds or the model size")
+    record = {**summary, "build_key": key, "policy_digest": v1.digest, "pins_digest": pins.digest,
+              "pack_size": pack_size}
+    write_text(record_path, json.dumps(record, indent=2))
+    return out_dir, {**record, "reused": False}

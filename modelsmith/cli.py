@@ -70,21 +70,37 @@ def ingest(paths: tuple[Path, ...], output: Path, domain_lists: tuple[Path, ...]
 @click.option("--json", "as_json", is_flag=True, help="Print one summary object")
 @click.option("--replay-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Real replay files to ingest with the pack (default: MODELSMITH_HOME/replay)")
-def loop(as_json: bool, replay_dir: str | None) -> None:
-    """Run the main job on the embedded defaults, in one process, with the same Dagster definitions."""
+@click.option("--policy", "policy_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The active ground-truth policy (default: the shipped policy v1)")
+def loop(as_json: bool, replay_dir: str | None, policy_path: str | None) -> None:
+    """Run the main job on the embedded defaults, in one process, with the same Dagster definitions.
+
+    Scenarios, then the base model (built once, then reused), then the champion's pins and its
+    regression report (partition = the champion's version key).
+    """
     from modelsmith.home import modelsmith_home
+    from modelsmith.model_dir import read_champion, short
     from modelsmith_assets.definitions import build_definitions
 
     defs = build_definitions("embedded")
-    job = defs.resolve_job_def("materialize_scenarios_job")
     home = modelsmith_home()
+    config = {k: str(Path(v).resolve()) for k, v in (("replay_dir", replay_dir), ("policy_path", policy_path)) if v}
     with _instance(home) as instance:
-        run_config = {"resources": {"scenarios": {"config": {"replay_dir": str(Path(replay_dir).resolve())}}}} if replay_dir else {}
-        result = job.execute_in_process(instance=instance, run_config=run_config)
-    if not result.success:
-        raise click.ClickException("the scenario job failed; see the log above")
+        for job_name, run_config in (("materialize_scenarios_job", {"resources": {"scenarios": {"config": config}}}),
+                                     ("build_base_model_job", {})):
+            result = defs.resolve_job_def(job_name).execute_in_process(instance=instance, run_config=run_config)
+            if not result.success:
+                raise click.ClickException(f"{job_name} failed; see the log above")
+        champion = read_champion(home)
+        pinned = defs.resolve_job_def("pin_model_version_job").execute_in_process(
+            instance=instance, partition_key=short(champion.model_version), raise_on_error=False)
+        if not pinned.success:
+            raise click.ClickException("pin_model_version_job failed; see the log above")
     summary = {"home": str(home), **json.loads((home / "replayed_auctions" / "summary.json").read_text())}
     summary.pop("files", None)
+    report = json.loads((home / "reports" / short(champion.model_version) / "regression_report.json").read_text())
+    summary |= {"champion": champion.model_version, "composite": report["composite"],
+                "regressed": [p["pin"] for p in report["regressed"]], "failed": [p["pin"] for p in report["failed"]]}
     click.echo(json.dumps(summary) if as_json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
 
 

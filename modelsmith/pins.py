@@ -18,6 +18,7 @@ does not open repair cycles, and neither does a real but negligible drop. `model
 writes one pin per vertical x inventory type with enough rows, which is what the shipped default is.
 """
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ class PinSet:
     test: str = "mcnemar"
     alpha: float = 0.01
     source: str = ""
+    digest: str = ""  # SHA-256 of the pin file's text: which pins a run was judged by
 
     def by_check(self) -> dict[str, Pin]:
         return {p.check_name: p for p in self.pins}
@@ -121,7 +123,7 @@ def parse_pins(text: str, source: str = "<pins>") -> PinSet:
             raise _err(source, _line_of(node), pin.name, "name",
                        f"collides with pin {seen[pin.check_name]!r} (both are check {pin.check_name})")
         seen[pin.check_name] = pin.name
-    return PinSet(tuple(pins), test, float(alpha), source)
+    return PinSet(tuple(pins), test, float(alpha), source, hashlib.sha256(text.encode()).hexdigest())
 
 
 def _threshold(key: str, value: Any, source: str, line: int, pin: str | None) -> float:

@@ -4,14 +4,18 @@ import os
 
 import dagster as dg
 
-from modelsmith_assets import scenarios
+from modelsmith_assets import model, scenarios
 from resources import resources_for
 
-STAGES = (scenarios,)
 
-
-def build_definitions(env: str = "embedded") -> dg.Definitions:
-    return dg.Definitions.merge(*(s.defs for s in STAGES), dg.Definitions(resources=resources_for(env)))
+def build_definitions(env: str = "embedded", pins_path: str | None = None) -> dg.Definitions:
+    """`pins_path` (default `MODELSMITH_PINS`, else the shipped pins) names the pin file whose pins become checks."""
+    pins_path = pins_path or os.environ.get("MODELSMITH_PINS") or None
+    return dg.Definitions.merge(
+        scenarios.defs,
+        model.model_defs(deps=[scenarios.replayed_auctions], pins_path=pins_path),
+        dg.Definitions(resources=resources_for(env)),
+    )
 
 
 @dg.definitions

@@ -1,0 +1,167 @@
+"""Model stage: the base model, pin results per model version, and the regression report.
+
+`pin_results` and `regression_report` are partitioned by model version (dynamic partitions named
+by the first 16 hex digits of the version's content digest). Each pin in the pin file is one asset
+check on `pin_results`, so the checks are built from the pin file when the definitions load
+(`build_model_defs`): the pin file is a property of the code location, like the assets themselves.
+"""
+
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from modelsmith.base_model import build_default
+from modelsmith.evaluate import PinResult, markdown_table
+from modelsmith.model_dir import Registry, bootstrap_champion, read_champion
+from modelsmith.pin_runs import pin, reference_for, runs, store
+from modelsmith.pins import PinSet, load_pins
+from modelsmith.regression import regression_report_for
+from resources.inference import InferenceSettings
+from resources.model import ModelSettings
+from resources.storage import StorageEngine
+
+GROUP = "model"
+MODEL_VERSIONS = "model_versions"
+model_versions = dg.DynamicPartitionsDefinition(name=MODEL_VERSIONS)
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch", "safetensors"})
+def base_model(context: dg.AssetExecutionContext, model: ModelSettings, storage: StorageEngine) -> dg.MaterializeResult:
+    """The base model directory (a user's, or the embedded default built here), registered by digest.
+
+    Adds the version to the `model_versions` partitions and, when there is no champion yet, makes
+    it the champion (bootstrap). It never moves an existing champion: only the promotion gate does.
+    """
+    home = storage.base()
+    user_dir = model.user_model()
+    if user_dir is not None:
+        path, info = user_dir, {"source": "base_model_dir"}
+    else:
+        path, info = build_default(home / "models" / "base", model.pretrain_config(), model.build_pack_size,
+                                   log=context.log.info)
+        info = {"source": "built: the embedded default" if not info["reused"] else "reused: an identical earlier build",
+                "parameters": info["parameters"], "rounds": info["rounds"], "training_loss": info["training_loss"],
+                "training_rows": info["rows"], "build_key": info["build_key"]}
+    version = Registry(home).register(path, "base")
+    context.instance.add_dynamic_partitions(MODEL_VERSIONS, [version.key])
+    champion = bootstrap_champion(home, version.digest)
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(version.digest),
+        metadata={"digest": version.digest, "partition_key": version.key, "path": dg.MetadataValue.path(str(path)),
+                  "champion": champion.model_version[:16], **info},
+    )
+
+
+def _labelled(storage: StorageEngine) -> tuple[pl.DataFrame, str]:
+    path = storage.path("replayed_auctions", "replayed_auctions.parquet")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: materialise replayed_auctions first")
+    from modelsmith.model_dir import file_sha256
+
+    return pl.read_parquet(path), file_sha256(path)
+
+
+def _engine_for(version, registry: Registry, inference: InferenceSettings):
+    """One loaded base model; an adapter version is attached to its base by digest and switched on."""
+    if version.kind == "base":
+        return inference.load(version.path)
+    base = registry.get(version.base)
+    engine = inference.load(base.path)
+    engine.attach_adapter(version.digest, version.path)
+    engine.use(version.digest)
+    return engine
+
+
+def _check_result(r: PinResult) -> dg.AssetCheckResult:
+    meta = {"segment": r.segment, "rows": r.rows, "accuracy": r.accuracy, "ci_low": r.ci_low, "ci_high": r.ci_high,
+            "accuracy_floor": r.accuracy_floor, "latency_p99_ms": r.latency_p99_ms,
+            "latency_p99_budget_ms": r.latency_p99_budget_ms, "composite": r.composite}
+    if r.p_value is not None:
+        meta |= {"p_value": r.p_value, "drop": r.drop, "max_drop": r.max_drop, "regressed": r.regressed}
+    if r.reasons:
+        meta["reasons"] = "; ".join(r.reasons)
+    return dg.AssetCheckResult(check_name=r.check_name, asset_key="pin_results", passed=r.passed,
+                               severity=dg.AssetCheckSeverity.ERROR, metadata=meta)
+
+
+def build_model_defs(pins: PinSet, deps: list) -> dg.Definitions:
+    """The model stage's assets, with one asset check per pin in `pins`."""
+
+    @dg.asset(
+        group_name=GROUP,
+        partitions_def=model_versions,
+        deps=[*deps, base_model],
+        kinds={"polars", "parquet"},
+        check_specs=[dg.AssetCheckSpec(p.check_name, asset="pin_results", description=f"pin {p.name!r}: {p.describe()}; "
+                                       f"accuracy >= {p.accuracy_floor}, p99 <= {p.latency_p99_ms} ms, "
+                                       f"drop <= {p.max_drop} unless noise") for p in pins.pins],
+    )
+    def pin_results(context: dg.AssetExecutionContext, inference: InferenceSettings, storage: StorageEngine):
+        """Every replayed auction decided by this model version; per-pin metrics and the paired test."""
+        home, registry = storage.base(), Registry(storage.base())
+        version = registry.get(context.partition_key)
+        labelled, scenarios_digest = _labelled(storage)
+        champion = read_champion(home)
+        reference, reference_name = reference_for(home, version.digest, champion.model_version if champion else None,
+                                                  labelled)
+        engine = _engine_for(version, registry, inference)
+        run = pin(engine, labelled, pins, version.digest, scenarios_digest, reference, reference_name)
+        run_dir = store(home, run)
+        context.log.info(f"pinned {version.key} against {reference_name}: composite {run.composite:.4f}")
+        yield dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": run.predictions.height,
+                "composite": run.composite, "passed": run.passed,
+                "failed": ", ".join(run.summary()["failed"]) or "none",
+                "regressed": ", ".join(run.summary()["regressed"]) or "none",
+                "reference": reference_name, "policy_digest": run.policy_digest, "scenarios_digest": scenarios_digest,
+                "model_version": version.digest, "kind": version.kind,
+                "run_dir": dg.MetadataValue.path(str(run_dir)),
+                "pins": dg.MetadataValue.md(markdown_table(run.results)),
+            },
+        )
+        for r in run.results:
+            yield _check_result(r)
+
+    @dg.asset(group_name=GROUP, partitions_def=model_versions, deps=[pin_results], kinds={"json"})
+    def regression_report(context: dg.AssetExecutionContext, storage: StorageEngine) -> dg.MaterializeResult:
+        """Which pins of this version regressed, by how much, with p-values and failing rows: the repair chain's input."""
+        home = storage.base()
+        version = Registry(home).get(context.partition_key)
+        done = runs(home, version.digest)
+        if not done:
+            raise FileNotFoundError(f"no pin run for {version.key}: materialise pin_results[{version.key}] first")
+        run_dir, _ = done[-1]
+        report = regression_report_for(run_dir, pins)
+        champion = read_champion(home)
+        path = storage.put_json(f"reports/{version.key}/regression_report.json", report)
+        table = pl.DataFrame(report["regressed"]) if report["regressed"] else None
+        return dg.MaterializeResult(
+            metadata={
+                "regressed": len(report["regressed"]), "failed": len(report["failed"]),
+                "pins": ", ".join(p["pin"] for p in report["regressed"]) or "none",
+                "is_champion": champion is not None and champion.model_version == version.digest,
+                "path": dg.MetadataValue.path(str(path)),
+                "report": dg.MetadataValue.md(_report_markdown(table)),
+            },
+        )
+
+    pin_job = dg.define_asset_job("pin_model_version_job", selection=[pin_results, regression_report],
+                                  partitions_def=model_versions,
+                                  description="Pin one model version (a partition) and write its regression report")
+    base_job = dg.define_asset_job("build_base_model_job", selection=[base_model])
+    return dg.Definitions(assets=[base_model, pin_results, regression_report], jobs=[pin_job, base_job])
+
+
+def _report_markdown(table: pl.DataFrame | None) -> str:
+    if table is None:
+        return "No pin regressed."
+    from scenario_data.replay import to_markdown
+
+    return to_markdown(table.select("pin", "rows", "reference_accuracy", "accuracy", "drop", "p_value", "failing_rows"))
+
+
+def model_defs(deps: list, pins_path: str | Path | None = None) -> dg.Definitions:
+    return build_model_defs(load_pins(pins_path), deps)
+

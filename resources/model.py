@@ -1,0 +1,32 @@
+"""Which base model the loop pins: a user's Hugging Face directory, or the embedded default it builds."""
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from modelsmith.base_model import PretrainConfig
+
+
+class ModelSettings(dg.ConfigurableResource):
+    """`base_model_dir` set: that directory is the base model (loaded with `from_pretrained`, as is).
+
+    Empty (the default): Modelsmith builds its tiny default model on a policy v1 pack of
+    `build_pack_size` requests generated with `build_seed`, until the v1 pins pass.
+    """
+
+    base_model_dir: str = Field("", description="A Hugging Face causal-LM directory; empty builds the embedded default")
+    build_pack_size: int = Field(10_000, description="Requests in the v1 pack the default model is trained on")
+    build_seed: int = Field(0, description="Seed of that pack and of the training run (the build is deterministic)")
+    max_rounds: int = Field(8, description="Most rounds of pre-training epochs before the build gives up on the pins")
+
+    def user_model(self) -> Path | None:
+        if not self.base_model_dir:
+            return None
+        path = Path(self.base_model_dir).expanduser()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"base_model_dir {path}: not a Hugging Face model directory (no config.json)")
+        return path
+
+    def pretrain_config(self) -> PretrainConfig:
+        return PretrainConfig(seed=self.build_seed, max_rounds=self.max_rounds)
