@@ -80,7 +80,7 @@ def _check_result(r: PinResult) -> dg.AssetCheckResult:
     if r.p_value is not None:
         meta |= {"p_value": r.p_value, "drop": r.drop, "max_drop": r.max_drop, "regressed": r.regressed}
     if r.reasons:
-        meta["reasons"] = "; ".join(r.reasons)
+        meta["reasons"] = r.reasons
     return dg.AssetCheckResult(check_name=r.check_name, asset_key="pin_results", passed=r.passed,
                                severity=dg.AssetCheckSeverity.ERROR, metadata=meta)
 
@@ -148,7 +148,6 @@ def build_model_defs(pins: PinSet, deps: list) -> dg.Definitions:
         )
 
     pin_job = dg.define_asset_job("pin_model_version_job", selection=[pin_results, regression_report],
-                                  partitions_def=model_versions,
                                   description="Pin one model version (a partition) and write its regression report")
     base_job = dg.define_asset_job("build_base_model_job", selection=[base_model])
     return dg.Definitions(assets=[base_model, pin_results, regression_report], jobs=[pin_job, base_job])

@@ -35,20 +35,3 @@ def test_definitions_load_for_each_environment(monkeypatch):
     monkeypatch.setenv("MODELSMITH_POLICY", "x.yaml")
     assert build_definitions("production").resolve_all_asset_keys()
 
-
-def test_loop_command_runs_the_main_job_into_the_modelsmith_home(tmp_path, monkeypatch, realdata):
-    from click.testing import CliRunner
-
-    from modelsmith.cli import main
-
-    monkeypatch.setenv("MODELSMITH_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home" / "dagster"))
-    result = CliRunner().invoke(main, ["loop", "--json", "--replay-dir", str(realdata / "openrtb")])
-    assert result.exit_code == 0, result.output
-    import json
-
-    summary = json.loads(result.output.strip().splitlines()[-1])
-    assert summary["requests_in"] == 10_000 + 266
-    assert summary["requests_in"] == summary["accepted"] + summary["quarantined"]
-    assert (tmp_path / "home" / "dagster" / "dagster.yaml").exists()
-    assert (tmp_path / "home" / "replayed_auctions" / "replayed_auctions.parquet").exists()

@@ -1,0 +1,57 @@
+"""The model stage's assets on a user's model directory: base model, pins per version, adapters."""
+
+import json
+
+import dagster as dg
+import pytest
+
+from modelsmith.model_dir import Registry, read_champion, short
+from modelsmith.pins import parse_pins
+from modelsmith_assets.model import build_model_defs
+from modelsmith_assets.scenarios import policy, replayed_auctions, scenario_pack
+from resources import InferenceSettings, LocalStorage, ModelSettings, ScenarioSettings
+from tests.unit.model.test_inference import adapter_dir, model_dir, rows  # noqa: F401  (fixtures)
+
+PINS = parse_pins("defaults: {accuracy_floor: 0.0, latency_p99_ms: 100000}\n"
+                  "pins:\n  - {name: all}\n  - {name: games, where: {vertical: Video Gaming}}\n"
+                  "  - {name: impossible, where: {vertical: Video Gaming}, accuracy_floor: 1.0}\n")
+
+
+def test_a_user_directory_is_the_base_model_and_an_adapter_is_pinned_on_it(model_dir, adapter_dir, tmp_path):  # noqa: F811
+    home = tmp_path / "home"
+    stage = build_model_defs(PINS, deps=[replayed_auctions])
+    assets = [policy, scenario_pack, replayed_auctions, *stage.assets]
+    resources = {"storage": LocalStorage(root=str(home)), "scenarios": ScenarioSettings(pack_size=300),
+                 "model": ModelSettings(base_model_dir=str(model_dir)), "inference": InferenceSettings(batch_size=32)}
+    instance = dg.DagsterInstance.ephemeral()
+    first = dg.materialize(assets, selection=["policy", "scenario_pack", "replayed_auctions", "base_model"],
+                           resources=resources, instance=instance)
+    meta = first.asset_materializations_for_node("base_model")[0].metadata
+    assert meta["source"].value == "base_model_dir" and meta["path"].value == str(model_dir)
+    base = Registry(home).get(meta["partition_key"].value)
+    assert read_champion(home).model_version == base.digest  # bootstrap: the base model is the champion
+    assert instance.get_dynamic_partitions("model_versions") == [base.key]
+
+    pinned = dg.materialize(assets, selection=["pin_results", "regression_report"], partition_key=base.key,
+                            resources=resources, instance=instance)
+    checks = {e.check_name: e.passed for e in pinned.get_asset_check_evaluations()}
+    assert checks == {"pin_all": True, "pin_games": True, "pin_impossible": False}  # an untrained model is not perfect
+    pin_meta = pinned.asset_materializations_for_node("pin_results")[0].metadata
+    assert "| games |" in pin_meta["pins"].value and 0.0 < pin_meta["composite"].value <= 1.0
+    report = json.loads((home / "reports" / base.key / "regression_report.json").read_text())
+    assert report["regressed"] == [] and [f["pin"] for f in report["failed"]] == ["impossible"]
+
+    # An adapter is one more version: attached to the loaded base, pinned against the champion's decisions.
+    adapter = Registry(home).register(adapter_dir, "adapter", base=base.digest)
+    instance.add_dynamic_partitions("model_versions", [adapter.key])
+    candidate = dg.materialize(assets, selection=["pin_results"], partition_key=adapter.key,
+                               resources=resources, instance=instance)
+    cmeta = candidate.asset_materializations_for_node("pin_results")[0].metadata
+    assert cmeta["kind"].value == "adapter" and cmeta["reference"].value.startswith(f"champion {short(base.digest)}")
+    assert cmeta["model_version"].value == adapter.digest
+    assert read_champion(home).model_version == base.digest  # pinning never moves the champion
+
+
+def test_a_directory_without_config_json_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        ModelSettings(base_model_dir=str(tmp_path)).user_model()
