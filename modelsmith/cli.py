@@ -212,6 +212,39 @@ def pins_init(scenario_file: Path, policy_path: str | None, by: str, min_support
     click.echo(f"pins -> {output}")
 
 
+@main.group("lineage")
+def lineage_group() -> None:
+    """Signed lineage of synthetic datasets: prove that a row belongs to a signed dataset."""
+
+
+@lineage_group.command("prove")
+@click.argument("row_id")
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Modelsmith home whose datasets/ to search (default: MODELSMITH_HOME)")
+@click.option("--cycle", default=None, help="Only the dataset of this cycle (default: the first that holds the row)")
+@click.option("--json", "as_json", is_flag=True, help="Print the proof as one JSON object")
+def lineage_prove(row_id: str, home: Path | None, cycle: str | None, as_json: bool) -> None:
+    """Print ROW_ID's Merkle inclusion proof and check it against the dataset's signed root; exit 1 unless verified."""
+    from modelsmith.home import modelsmith_home
+    from modelsmith.lineage import prove
+
+    try:
+        result = prove(home or modelsmith_home(), row_id, cycle)
+    except (LookupError, ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"row:      {result['row_id']}\ndataset:  {result['dataset']} (cycle {result['cycle']})\n"
+                   f"index:    {result['index']} of {result['size']}\nleaf:     {result['leaf_digest']}")
+        for i, step in enumerate(result["proof"]):
+            click.echo(f"step {i}:   {step}")
+        click.echo(f"root:     {result['root']}\nkey id:   {result['key_id']}\n"
+                   f"verified: {'yes' if result['verified'] else 'no'}")
+    if not result["verified"]:
+        sys.exit(1)
+
+
 def _file_digest(path: Path) -> str:
     from modelsmith.model_dir import directory_digest, file_sha256
 

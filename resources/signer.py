@@ -1,0 +1,120 @@
+"""The signer: one Ed25519 key in the Modelsmith home that signs lineage (and, later, the evidence bundle).
+
+The interface is bytes in, bytes out, so any statement format (lineage JSON, in-toto/DSSE) can
+use it. The private key is created on first use, mode 0600, and never leaves `key_dir`: it is not
+logged, printed or returned; `repr` shows only the key id.
+"""
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import Field
+
+from modelsmith.atomic import write_with
+from modelsmith.home import modelsmith_home
+
+PRIVATE_KEY = "ed25519.key"
+PUBLIC_KEY = "ed25519.pub"
+
+
+class Ed25519Signer:
+    """Signs payloads with the key in `key_dir/ed25519.key`, creating it (and `ed25519.pub`) on first use."""
+
+    def __init__(self, key_dir: Path) -> None:
+        self.key_dir = Path(key_dir)
+        self._key = _load_or_create(self.key_dir)
+        pem = self.public_key_pem()
+        pub = self.key_dir / PUBLIC_KEY
+        if not pub.is_file() or pub.read_text(encoding="ascii") != pem:
+            write_with(pub, lambda tmp: (tmp.write_text(pem, encoding="ascii"), tmp.chmod(0o644)))
+
+    def sign(self, payload: bytes) -> bytes:
+        return self._key.sign(payload)
+
+    def public_key_pem(self) -> str:
+        return _public_pem(self._key.public_key())
+
+    def key_id(self) -> str:
+        return key_id_for(self.public_key_pem())
+
+    def __repr__(self) -> str:
+        return f"Ed25519Signer(key_dir={str(self.key_dir)!r}, key_id={self.key_id()!r})"
+
+
+def key_id_for(public_key_pem: str) -> str:
+    """SHA-256 hex of the raw 32-byte public key, first 16 hex: a short name for the key."""
+    key = serialization.load_pem_public_key(public_key_pem.encode("ascii"))
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def verify(public_key_pem: str, payload: bytes, signature: bytes) -> bool:
+    """True when `signature` is the key's signature of `payload`; False (never an exception) otherwise,
+    a malformed or non-Ed25519 key included: what cannot be checked does not verify."""
+    try:
+        key = serialization.load_pem_public_key(public_key_pem.encode("ascii"))
+        if not isinstance(key, Ed25519PublicKey):
+            return False
+        key.verify(signature, payload)
+        return True
+    except (InvalidSignature, ValueError, TypeError, UnicodeEncodeError):
+        return False
+
+
+class SignerSettings(dg.ConfigurableResource):
+    """Where the signing key lives (default: MODELSMITH_HOME/keys)."""
+
+    key_dir: str = Field("", description="Directory of ed25519.key / ed25519.pub (default: MODELSMITH_HOME/keys)")
+
+    def signer(self) -> Ed25519Signer:
+        return Ed25519Signer(Path(self.key_dir).expanduser() if self.key_dir else modelsmith_home() / "keys")
+
+
+def _public_pem(key: Ed25519PublicKey) -> str:
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+
+
+def _load_or_create(key_dir: Path) -> Ed25519PrivateKey:
+    path = key_dir / PRIVATE_KEY
+    if not path.exists():
+        key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        _create_exclusive(path, pem)
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def _create_exclusive(target: Path, data: bytes) -> None:
+    """Publish `data` at `target` atomically (temp file, fsync, link) with mode 0600, unless it exists.
+
+    Not `modelsmith.atomic.write_bytes`: that renames over the target, so two first uses at once
+    could replace a key the other had already signed with. `os.link` fails instead, and the loser
+    loads the winner's key.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        os.unlink(tmp)
