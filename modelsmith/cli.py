@@ -96,11 +96,14 @@ def loop(as_json: bool, replay_dir: str | None, policy_path: str | None) -> None
             instance=instance, partition_key=short(champion.model_version), raise_on_error=False)
         if not pinned.success:
             raise click.ClickException("pin_model_version_job failed; see the log above")
+        report = json.loads((home / "reports" / short(champion.model_version) / "regression_report.json").read_text())
+        cycle = _repair(defs, instance, home, report) if report["regressed"] else None
     summary = {"home": str(home), **json.loads((home / "replayed_auctions" / "summary.json").read_text())}
     summary.pop("files", None)
-    report = json.loads((home / "reports" / short(champion.model_version) / "regression_report.json").read_text())
     summary |= {"champion": champion.model_version, "composite": report["composite"],
                 "regressed": [p["pin"] for p in report["regressed"]], "failed": [p["pin"] for p in report["failed"]]}
+    if cycle is not None:
+        summary["cycle"] = cycle
     click.echo(json.dumps(summary) if as_json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
 
 
@@ -243,6 +246,26 @@ def lineage_prove(row_id: str, home: Path | None, cycle: str | None, as_json: bo
                    f"verified: {'yes' if result['verified'] else 'no'}")
     if not result["verified"]:
         sys.exit(1)
+
+
+def _repair(defs, instance, home: Path, report: dict) -> dict:
+    """Open a repair cycle for a regressed report and run the chain once (the sensor's job, in-process)."""
+    from modelsmith.cycles import CYCLES, cycle_dir, open_cycle
+
+    key = open_cycle(home, report)
+    instance.add_dynamic_partitions(CYCLES, [key])
+    result = defs.resolve_job_def("repair_cycle_job").execute_in_process(instance=instance, partition_key=key,
+                                                                         raise_on_error=False)
+    out: dict = {"id": key, "success": result.success}
+    delta_path = cycle_dir(home, key) / "benchmark_delta.json"
+    if delta_path.exists():
+        delta = json.loads(delta_path.read_text())
+        out |= {k: delta[k] for k in ("candidate", "repaired", "not_repaired", "flagged", "offer_for_promotion",
+                                      "composite_before", "composite_after")}
+    diagnosis_path = cycle_dir(home, key) / "diagnosis.json"
+    if diagnosis_path.exists():
+        out["hypothesis"] = json.loads(diagnosis_path.read_text())["hypothesis"]
+    return out
 
 
 def _file_digest(path: Path) -> str:

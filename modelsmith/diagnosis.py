@@ -17,6 +17,7 @@ STAGES = ("sft", "grpo")
 RECIPES = (("sft",), ("sft", "grpo"))
 ROWS_BOUNDS = (50, 5_000)  # targeted synthetic rows a diagnosis may ask for
 REPLAY_BOUNDS = (0.0, 4.0)  # replay rows (other segments) per targeted row
+CONTRAST_BOUNDS = (0.0, 0.5)  # share of the replay rows that are near misses
 
 
 class DiagnosisError(ValueError):
@@ -40,6 +41,9 @@ class SynthesisSpec:
     filters: dict[str, dict[str, Any]]  # policy grammar: {"vertical": {"eq": "Video Gaming"}, ...}
     rows: int = 1_000
     replay_ratio: float = 1.0
+    # Share of the replay rows drawn from outside the segment *with* the implicated feature values:
+    # the near misses that teach the model the change is specific to the segment.
+    contrast_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,8 @@ DIAGNOSIS_SCHEMA: dict[str, Any] = {
                 "filters": {"type": "object", "description": "feature -> {op: value} in the policy grammar"},
                 "rows": {"type": "integer", "minimum": ROWS_BOUNDS[0], "maximum": ROWS_BOUNDS[1]},
                 "replay_ratio": {"type": "number", "minimum": REPLAY_BOUNDS[0], "maximum": REPLAY_BOUNDS[1]},
+                "contrast_share": {"type": "number", "minimum": CONTRAST_BOUNDS[0], "maximum": CONTRAST_BOUNDS[1],
+                                   "description": "Share of replay rows outside the segment that have the implicated values"},
             },
         },
         "recipe": {"type": "object", "additionalProperties": False, "required": ["stages"],
@@ -179,7 +185,13 @@ def _synthesis(raw: Any) -> SynthesisSpec:
     ratio = raw.get("replay_ratio")
     if not isinstance(ratio, int | float) or isinstance(ratio, bool) or not REPLAY_BOUNDS[0] <= ratio <= REPLAY_BOUNDS[1]:
         raise _fail("synthesis.replay_ratio", f"must be a number in {list(REPLAY_BOUNDS)}, got {ratio!r}")
-    return SynthesisSpec(clean, rows, float(ratio))
+    contrast = raw.get("contrast_share", 0.0)
+    if not isinstance(contrast, int | float) or isinstance(contrast, bool) or not CONTRAST_BOUNDS[0] <= contrast <= CONTRAST_BOUNDS[1]:
+        raise _fail("synthesis.contrast_share", f"must be a number in {list(CONTRAST_BOUNDS)}, got {contrast!r}")
+    unknown = set(raw) - {"filters", "rows", "replay_ratio", "contrast_share"}
+    if unknown:
+        raise _fail("synthesis", f"unknown keys {sorted(unknown)}")
+    return SynthesisSpec(clean, rows, float(ratio), float(contrast))
 
 
 def diagnosis_from_dict(d: dict[str, Any]) -> Diagnosis:
@@ -188,5 +200,6 @@ def diagnosis_from_dict(d: dict[str, Any]) -> Diagnosis:
         d["cycle"], tuple(d["segments"]), tuple(FeatureFinding(f["feature"], tuple(f["values"]), f["error_lift"],
                                                                f.get("attribution", 0.0)) for f in d["features"]),
         d["hypothesis"], d["confidence"], SynthesisSpec(d["synthesis"]["filters"], d["synthesis"]["rows"],
-                                                        d["synthesis"]["replay_ratio"]),
+                                                        d["synthesis"]["replay_ratio"],
+                                                        d["synthesis"].get("contrast_share", 0.0)),
         TrainingRecipe(tuple(d["recipe"]["stages"])), Provenance(**d["provenance"]), d.get("extra", {}))

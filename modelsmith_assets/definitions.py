@@ -4,16 +4,18 @@ import os
 
 import dagster as dg
 
-from modelsmith_assets import model, scenarios
+from modelsmith.pins import load_pins
+from modelsmith_assets import model, repair, scenarios
 from resources import resources_for
 
 
 def build_definitions(env: str = "embedded", pins_path: str | None = None) -> dg.Definitions:
     """`pins_path` (default `MODELSMITH_PINS`, else the shipped pins) names the pin file whose pins become checks."""
-    pins_path = pins_path or os.environ.get("MODELSMITH_PINS") or None
+    pins = load_pins(pins_path or os.environ.get("MODELSMITH_PINS") or None)
     return dg.Definitions.merge(
         scenarios.defs,
-        model.model_defs(deps=[scenarios.replayed_auctions], pins_path=pins_path),
+        model.build_model_defs(pins, deps=[scenarios.replayed_auctions]),
+        repair.build_repair_defs(pins),
         dg.Definitions(resources=resources_for(env)),
     )
 

@@ -6,8 +6,6 @@ check on `pin_results`, so the checks are built from the pin file when the defin
 (`build_model_defs`): the pin file is a property of the code location, like the assets themselves.
 """
 
-from pathlib import Path
-
 import dagster as dg
 import polars as pl
 
@@ -15,7 +13,7 @@ from modelsmith.base_model import build_default
 from modelsmith.evaluate import PinResult, markdown_table
 from modelsmith.model_dir import Registry, bootstrap_champion, read_champion
 from modelsmith.pin_runs import pin, reference_for, runs, store
-from modelsmith.pins import PinSet, load_pins
+from modelsmith.pins import PinSet
 from modelsmith.regression import regression_report_for
 from resources.inference import InferenceSettings
 from resources.model import ModelSettings
@@ -159,8 +157,3 @@ def _report_markdown(table: pl.DataFrame | None) -> str:
     from scenario_data.replay import to_markdown
 
     return to_markdown(table.select("pin", "rows", "reference_accuracy", "accuracy", "drop", "p_value", "failing_rows"))
-
-
-def model_defs(deps: list, pins_path: str | Path | None = None) -> dg.Definitions:
-    return build_model_defs(load_pins(pins_path), deps)
-

@@ -5,24 +5,35 @@ from pathlib import Path
 
 import dagster as dg
 
+from resources.critic import CriticSettings
 from resources.inference import InferenceSettings
 from resources.model import ModelSettings
 from resources.scenarios import ScenarioSettings
+from resources.signer import SignerSettings
 from resources.storage import LocalStorage, StorageEngine
+from resources.trainer import TrainerSettings
 
-__all__ = ["InferenceSettings", "LocalStorage", "ModelSettings", "ScenarioSettings", "StorageEngine", "resources_for"]
+__all__ = ["CriticSettings", "InferenceSettings", "LocalStorage", "ModelSettings", "ScenarioSettings", "SignerSettings",
+           "StorageEngine", "TrainerSettings", "resources_for"]
 
 
 def resources_for(env: str, root: Path | None = None) -> dict[str, dg.ConfigurableResource]:
     """Resources for `embedded` (the default: no network, no GPU, no secrets) or `production`."""
     if env == "embedded":
         return {"storage": LocalStorage(root=str(root) if root else ""), "scenarios": ScenarioSettings(),
-                "model": ModelSettings(), "inference": InferenceSettings()}
+                "model": ModelSettings(), "inference": InferenceSettings(), "critic": CriticSettings(),
+                "signer": SignerSettings(key_dir=str(Path(root) / "keys") if root else ""), "trainer": TrainerSettings()}
     if env == "production":
         return {
             "storage": LocalStorage(root=dg.EnvVar("MODELSMITH_HOME")),
             "scenarios": ScenarioSettings(policy_path=dg.EnvVar("MODELSMITH_POLICY")),
             "model": ModelSettings(base_model_dir=dg.EnvVar("MODELSMITH_BASE_MODEL")),
             "inference": InferenceSettings(engine=os.environ.get("MODELSMITH_ENGINE", "transformers")),
+            # Claude when a key is present (MODELSMITH_CRITIC overrides); a failing call falls back, and says so.
+            "critic": CriticSettings(critic=os.environ.get("MODELSMITH_CRITIC") or
+                                     ("claude" if os.environ.get("ANTHROPIC_API_KEY") else "statistical"),
+                                     api_key=os.environ.get("ANTHROPIC_API_KEY", "")),
+            "signer": SignerSettings(key_dir=os.environ.get("MODELSMITH_KEY_DIR", "")),
+            "trainer": TrainerSettings(),
         }
     raise ValueError(f"unknown MODELSMITH_ENV {env!r}; expected 'embedded' or 'production'")

@@ -288,7 +288,7 @@ class CriticSettings(dg.ConfigurableResource):
     """Which critic diagnoses a cycle: `statistical` (default: no network, no secret) or `claude`."""
 
     critic: str = Field("statistical", description="'statistical' or 'claude' (falls back to statistical)")
-    model: str = Field("claude-sonnet-4-5", description="The Claude model the claude critic asks")
+    model: str = Field("claude-sonnet-4-6", description="The Claude model the claude critic asks")
     api_key: str = Field("", repr=False, description="Anthropic API key; production passes "
                          "dg.EnvVar('ANTHROPIC_API_KEY'). Empty: the claude critic falls back without calling")
     base_url: str = Field("", description="Messages API base URL; empty: the SDK's default")

@@ -107,3 +107,20 @@ def validate_labels(df: pl.DataFrame, bounds: dict[str, tuple[float, float]] | N
         (pl.col("expected") == d).cast(pl.Float64).alias(_share_column(d)) for d in bounds
     )
     return run_suite(frame, "labels", _label_expectations(gx, bounds))
+
+
+TRAINING_SHARE_BOUNDS = {d: (0.0, 0.9) for d in DECISIONS}  # a targeted set is skewed by design, not degenerate
+
+
+def validate_training_rows(df: pl.DataFrame) -> SuiteResult:
+    """The blocking suite on a synthetic dataset: the feature and label suites, plus its own columns."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    frame = df.drop("keywords", "title", strict=False).with_columns(
+        (pl.col("expected") == d).cast(pl.Float64).alias(_share_column(d)) for d in TRAINING_SHARE_BOUNDS)
+    expectations = [*_feature_expectations(gx), *_label_expectations(gx, TRAINING_SHARE_BOUNDS),
+                    e.ExpectColumnValuesToBeInSet(column="source", value_set=["target", "replay", "contrast"]),
+                    e.ExpectColumnValuesToNotBeNull(column="content_digest"),
+                    e.ExpectColumnValuesToBeUnique(column="content_digest")]
+    return run_suite(frame, "training_rows", expectations)

@@ -1,0 +1,51 @@
+"""The benchmark delta of a repair cycle: every pin before (champion) and after (candidate).
+
+A target pin (one the cycle was opened for) is `repaired` when the candidate passes it. Any other
+pin is `flagged` when the candidate regresses on it against the champion (the paired test, the
+pin's `max_drop`) or fails a floor or budget the champion met. The cycle offers the candidate for
+promotion only when every target is repaired and nothing is flagged.
+"""
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from modelsmith.pins import PinSet
+
+
+def benchmark_delta_for(before_run: str | Path, after_run: str | Path, targets: list[str], pins: PinSet) -> dict:
+    before = pl.read_parquet(Path(before_run) / "metrics.parquet")
+    after = pl.read_parquet(Path(after_run) / "metrics.parquet")
+    b = {r["pin"]: r for r in before.iter_rows(named=True)}
+    rows = []
+    for a in after.iter_rows(named=True):
+        prev = b.get(a["pin"])
+        if prev is None:
+            continue
+        target = a["pin"] in targets
+        if target:
+            status = "repaired" if a["passed"] else "not repaired"
+        elif a["regressed"] or (prev["passed"] and not a["passed"]):
+            status = "flagged"
+        else:
+            status = "ok"
+        rows.append({
+            "pin": a["pin"], "target": target, "rows": a["rows"],
+            "before": prev["accuracy"], "before_ci_low": prev["ci_low"], "before_ci_high": prev["ci_high"],
+            "after": a["accuracy"], "after_ci_low": a["ci_low"], "after_ci_high": a["ci_high"],
+            "delta": a["accuracy"] - prev["accuracy"], "p_value": a["p_value"], "test": a["test"],
+            "p50_before_ms": prev["latency_p50_ms"], "p50_after_ms": a["latency_p50_ms"],
+            "p99_before_ms": prev["latency_p99_ms"], "p99_after_ms": a["latency_p99_ms"],
+            "composite_before": prev["composite"], "composite_after": a["composite"],
+            "status": status, "reasons": a["reasons"],
+        })
+    by = {s: [r["pin"] for r in rows if r["status"] == s] for s in ("repaired", "not repaired", "flagged")}
+    after_summary = json.loads((Path(after_run) / "summary.json").read_text())
+    before_summary = json.loads((Path(before_run) / "summary.json").read_text())
+    return {"before_run": str(before_run), "after_run": str(after_run), "targets": targets,
+            "candidate": after_summary["model_version"], "champion": before_summary["model_version"],
+            "composite_before": before_summary["composite"], "composite_after": after_summary["composite"],
+            "repaired": by["repaired"], "not_repaired": by["not repaired"], "flagged": by["flagged"],
+            "offer_for_promotion": bool(targets) and not by["not repaired"] and not by["flagged"],
+            "pins": rows}

@@ -1,0 +1,120 @@
+"""Targeted synthetic data: rows in the failing segment plus a replay buffer of the others.
+
+Rows come from the scenario generator (its own seed stream, never the pins' pack seed), are
+labelled by the active policy, and are split by the diagnosis's filters: `target` rows match them,
+`replay` rows do not (so the other segments are not forgotten), and `contrast` rows are replay rows
+with the diagnosis's implicated values (near misses: the same layout outside the segment). No row may be a pin scenario: a
+row is dropped when its request id or its content (the feature row without identity columns) is
+among the pin scenarios', and `check_disjoint` proves it afterwards.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import polars as pl
+
+from modelsmith.diagnosis import SynthesisSpec
+from modelsmith.prompt import PROMPT_FEATURES
+from scenario_data.generator import generate_requests, label_requests
+from scenario_data.policy import Policy, _parse_conditions
+
+IDENTITY_COLUMNS = ("row_id", "request_id", "imp_id", "source_file", "source_line")
+LABEL_COLUMNS = ("expected", "rule", "policy_digest")
+
+
+class SynthesisError(RuntimeError):
+    """The generator could not produce what the spec asks within the request budget."""
+
+
+@dataclass(frozen=True)
+class SynthesisResult:
+    rows: pl.DataFrame  # labelled rows, `source` in {"target", "replay"}, `content_digest`
+    requests_generated: int
+    excluded_by_id: int
+    excluded_by_content: int
+
+
+def filter_expr(filters: dict[str, dict]) -> pl.Expr:
+    """The spec's filters (policy grammar) as one polars expression."""
+    exprs = []
+    for feature, spec in filters.items():
+        for cond in _parse_conditions(feature, spec, "<diagnosis>", 0, "synthesis.filters"):
+            exprs.append(cond.expr())
+    return pl.all_horizontal(exprs) if exprs else pl.lit(True)
+
+
+def content_digests(rows: pl.DataFrame) -> pl.Series:
+    """SHA-256 of each row's features (identity and label columns left out): what makes two rows the same auction."""
+    cols = sorted(c for c in rows.columns if c not in IDENTITY_COLUMNS + LABEL_COLUMNS + ("source", "content_digest"))
+    return pl.Series("content_digest", [
+        hashlib.sha256(json.dumps(r, sort_keys=True, default=str).encode()).hexdigest()
+        for r in rows.select(cols).iter_rows(named=True)], dtype=pl.String)
+
+
+def implicated_mask(rows: pl.DataFrame, implicated: dict[str, tuple[str, ...]]) -> pl.Series:
+    """Rows whose prompt value (bucket) of every implicated feature is one of the implicated values."""
+    features = [f for f in PROMPT_FEATURES if implicated.get(f.column)]
+    if not features:
+        return pl.Series([False] * rows.height, dtype=pl.Boolean)
+    return pl.Series([
+        all(f.word(r[f.column]).split("=", 1)[1] in implicated[f.column] for f in features)
+        for r in rows.select([f.column for f in features]).iter_rows(named=True)], dtype=pl.Boolean)
+
+
+def synthesise(spec: SynthesisSpec, policy: Policy, seed: int, pin_scenarios: pl.DataFrame,
+               implicated: dict[str, tuple[str, ...]] | None = None,
+               batch_requests: int = 5_000, max_requests: int = 400_000) -> SynthesisResult:
+    """Generate until `spec.rows` target rows and `spec.rows * replay_ratio` replay rows are found.
+
+    With `implicated` values (the diagnosis's findings) and `spec.contrast_share` > 0, that share of
+    the replay rows are near misses: outside the segment, with the implicated values.
+    """
+    want_target = spec.rows
+    want_all_replay = int(round(spec.rows * spec.replay_ratio))
+    want_contrast = int(round(want_all_replay * spec.contrast_share)) if implicated else 0
+    want_replay = want_all_replay - want_contrast
+    pin_ids = set(pin_scenarios["request_id"].to_list())
+    pin_content = set(content_digests(pin_scenarios).to_list())
+    match = filter_expr(spec.filters)
+    target, replay, contrast = [], [], []
+    have_target = have_replay = have_contrast = generated = by_id = by_content = 0
+    index = 0
+    seen: set[str] = set()
+    while have_target < want_target or have_replay < want_replay or have_contrast < want_contrast:
+        if generated >= max_requests:
+            raise SynthesisError(f"after {generated} generated requests: {have_target} of {want_target} target rows "
+                                 f"matching {spec.filters}, {have_contrast} of {want_contrast} near misses with "
+                                 f"{implicated}; the filters may select rows the generator rarely makes")
+        requests = generate_requests(batch_requests, seed * 1_000_003 + index)
+        index += 1
+        generated += len(requests)
+        rows = label_requests(requests, policy)
+        rows = rows.with_columns(content_digests(rows))
+        clash_id = rows["request_id"].is_in(list(pin_ids))
+        clash_content = rows["content_digest"].is_in(list(pin_content))
+        by_id += int(clash_id.sum())
+        by_content += int((clash_content & ~clash_id).sum())
+        rows = rows.filter(~clash_id & ~clash_content).unique("content_digest", keep="first", maintain_order=True)
+        rows = rows.filter(~pl.col("content_digest").is_in(list(seen)))  # two imps of one request can be the same auction
+        seen.update(rows["content_digest"].to_list())
+        hit = rows.filter(match).head(want_target - have_target)
+        outside = rows.filter(~match)
+        near = outside.filter(implicated_mask(outside, implicated or {})) if want_contrast else outside.clear()
+        near = near.head(want_contrast - have_contrast)
+        miss = outside.filter(~pl.col("content_digest").is_in(near["content_digest"].to_list())).head(want_replay - have_replay)
+        target.append(hit.with_columns(pl.lit("target").alias("source")))
+        replay.append(miss.with_columns(pl.lit("replay").alias("source")))
+        contrast.append(near.with_columns(pl.lit("contrast").alias("source")))
+        have_target += hit.height
+        have_replay += miss.height
+        have_contrast += near.height
+    rows = pl.concat(target + contrast + replay)
+    return SynthesisResult(rows, generated, by_id, by_content)
+
+
+def check_disjoint(rows: pl.DataFrame, pin_scenarios: pl.DataFrame) -> dict[str, int]:
+    """How many training rows share a request id or content with a pin scenario (both must be 0)."""
+    same_id = rows["request_id"].is_in(pin_scenarios["request_id"].to_list()).sum()
+    same_content = rows["content_digest"].is_in(content_digests(pin_scenarios).to_list()).sum()
+    return {"same_request_id": int(same_id), "same_content": int(same_content)}

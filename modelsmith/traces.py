@@ -1,0 +1,65 @@
+"""Failure traces: the rows a model version failed in its regressed pins, with why it decided as it did.
+
+A trace row is the feature row, the expected and predicted decisions, the label probabilities,
+and one attribution per prompt feature: leave-one-feature-out, the drop in the probability of the
+predicted label when that feature's word is replaced by the tokenizer's unknown token. A feature
+the decision hinges on has a large attribution. Passing rows of the same segment come along for
+contrast (`failed` = False), so a critic can compare the two.
+"""
+
+import numpy as np
+import polars as pl
+
+from modelsmith.pins import PinSet
+from modelsmith.prompt import LABEL_TOKENS, PROMPT_COLUMNS, PROMPT_FEATURES, prompt_words
+
+ATTR_PREFIX = "attr_"
+
+
+def attributions(engine, rows: pl.DataFrame) -> np.ndarray:
+    """(rows, features): p(predicted | prompt) - p(predicted | prompt with feature i unknown)."""
+    if rows.height == 0:
+        return np.zeros((0, len(PROMPT_FEATURES)))
+    import torch
+
+    unk = engine.tokenizer.unk_token or "<unk>"
+    words = [prompt_words(r) for r in rows.select(PROMPT_COLUMNS).iter_rows(named=True)]
+    variants = [" ".join(w) for w in words]
+    for w in words:
+        for i in range(len(w)):
+            variants.append(" ".join(w[:i] + [unk] + w[i + 1:]))
+    probs = []
+    with torch.inference_mode():
+        for start in range(0, len(variants), engine.batch_size):
+            probs.append(engine._forward(variants[start:start + engine.batch_size]).cpu().numpy())
+    p = np.concatenate(probs)
+    n, k = len(words), len(PROMPT_FEATURES)
+    full, masked = p[:n], p[n:].reshape(n, k, len(LABEL_TOKENS))
+    chosen = full.argmax(axis=1)
+    return full[np.arange(n), chosen][:, None] - masked[np.arange(n), :, chosen]
+
+
+def failure_traces(engine, predictions: pl.DataFrame, pins: PinSet, regressed: list[str],
+                   contrast_rows: int = 1_000, seed: int = 0) -> pl.DataFrame:
+    """Failing rows of each regressed pin plus up to `contrast_rows` passing rows of it, with attributions.
+
+    `predictions` is a stored pin run's predictions (feature columns, predicted, p_*, correct).
+    """
+    by_name = {p.name: p for p in pins.pins}
+    missing = [name for name in regressed if name not in by_name]
+    if missing:
+        raise KeyError(f"regressed pin(s) {missing} are not in the pin file {pins.source}")
+    parts = []
+    for name in regressed:
+        seg = predictions.filter(by_name[name].mask(predictions))
+        failing = seg.filter(~pl.col("correct"))
+        passing = seg.filter(pl.col("correct"))
+        if passing.height > contrast_rows:
+            passing = passing.sample(contrast_rows, seed=seed)
+        both = pl.concat([failing, passing]).with_columns(pl.lit(name).alias("pin"), (~pl.col("correct")).alias("failed"))
+        parts.append(both)
+    traces = pl.concat(parts) if parts else predictions.clear().with_columns(pl.lit("").alias("pin"), pl.lit(False).alias("failed"))
+    attr = attributions(engine, traces)
+    return traces.with_columns(
+        *(pl.Series(f"{ATTR_PREFIX}{col}", attr[:, i], dtype=pl.Float64) for i, col in enumerate(PROMPT_COLUMNS))
+    ).drop("latency_ms", strict=False)

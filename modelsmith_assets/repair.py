@@ -1,0 +1,222 @@
+"""The repair chain, partitioned by repair cycle: traces, diagnosis, synthetic data, adapter, candidate pins, delta.
+
+A cycle is opened (a `repair_cycles` partition plus `HOME/cycles/<cycle>/cycle.json`) for a
+regression report of the champion with at least one regressed pin; `modelsmith.cycles.open_cycle`
+does it, for the CLI now and for the pin-regression sensor later. Every asset reads the previous
+link's files under `HOME/cycles/<cycle>/`, so a cycle's artifacts are addressable and each link
+can be re-run on its own from the UI.
+"""
+
+import json
+
+import dagster as dg
+import polars as pl
+
+from modelsmith.cycles import CYCLES, cycle_dir, read_cycle
+from modelsmith.critics import CriticInput
+from modelsmith.delta import benchmark_delta_for
+from modelsmith.diagnosis import diagnosis_from_dict
+from modelsmith.evaluate import markdown_table
+from modelsmith.model_dir import Registry, read_champion
+from modelsmith.pin_runs import pin, reference_for, store
+from modelsmith.pins import PinSet
+from modelsmith.synthesis import check_disjoint, synthesise
+from modelsmith.traces import ATTR_PREFIX, failure_traces
+from modelsmith_assets.model import _engine_for, _labelled
+from resources.critic import CriticSettings
+from resources.inference import InferenceSettings
+from resources.scenarios import ScenarioSettings
+from resources.signer import SignerSettings
+from resources.storage import StorageEngine
+from resources.trainer import TrainerSettings
+from scenario_data.replay import to_markdown
+
+GROUP = "repair"
+repair_cycles = dg.DynamicPartitionsDefinition(name=CYCLES)
+
+
+def build_repair_defs(pins: PinSet) -> dg.Definitions:
+    # Every cycle reads one version's regression report; Dagster cannot map a cycle to that version's
+    # partition statically, so the edge (shown in the lineage graph) maps to all of them.
+    @dg.asset(name="failure_traces", group_name=GROUP, partitions_def=repair_cycles, kinds={"parquet"},
+              deps=[dg.AssetDep("regression_report", partition_mapping=dg.AllPartitionMapping())])
+    def failure_traces_asset(context: dg.AssetExecutionContext, storage: StorageEngine,
+                             inference: InferenceSettings) -> dg.MaterializeResult:
+        """The rows the champion failed in the regressed pins, with leave-one-feature-out attributions."""
+        home, cycle = storage.base(), read_cycle(storage.base(), context.partition_key)
+        registry = Registry(home)
+        version = registry.get(cycle["model_version"])
+        predictions = pl.read_parquet(cycle["run_dir"] + "/predictions.parquet")
+        engine = _engine_for(version, registry, inference)
+        traces = failure_traces(engine, predictions, pins, cycle["regressed"])
+        path = cycle_dir(home, context.partition_key) / "failure_traces.parquet"
+        from modelsmith.atomic import write_with
+
+        write_with(path, lambda tmp: traces.write_parquet(tmp))
+        failing = traces.filter(pl.col("failed"))
+        attr = pl.DataFrame({"feature": [c.removeprefix(ATTR_PREFIX) for c in failing.columns if c.startswith(ATTR_PREFIX)],
+                             "mean_attribution": [float(failing[c].mean() or 0.0) for c in failing.columns
+                                                  if c.startswith(ATTR_PREFIX)]}).sort("mean_attribution", descending=True)
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": traces.height, "failing_rows": failing.height,
+            "contrast_rows": traces.height - failing.height, "pins": ", ".join(cycle["regressed"]),
+            "model_version": version.digest, "path": dg.MetadataValue.path(str(path)),
+            "attributions": dg.MetadataValue.md(to_markdown(attr.head(10))),
+        })
+
+    @dg.asset(group_name=GROUP, partitions_def=repair_cycles, deps=[failure_traces_asset], kinds={"json"})
+    def diagnosis(context: dg.AssetExecutionContext, storage: StorageEngine, critic: CriticSettings) -> dg.MaterializeResult:
+        """The critic's typed diagnosis: segments, features, hypothesis, synthesis spec, recipe, provenance."""
+        home, key = storage.base(), context.partition_key
+        cycle = read_cycle(home, key)
+        traces = pl.read_parquet(cycle_dir(home, key) / "failure_traces.parquet")
+        by_name = {p.name: p for p in pins.pins}
+        inp = CriticInput(cycle=key, model_version=cycle["model_version"], policy_digest=cycle["policy_digest"],
+                          regressed=cycle["report"], traces=traces,
+                          pin_filters={n: {c.feature: {c.op: c.value} for c in by_name[n].where} for n in cycle["regressed"]})
+        result = critic.build().diagnose(inp)
+        path = storage.put_json(f"cycles/{key}/diagnosis.json", {**result.as_dict(), "digest": result.digest})
+        if result.provenance.fallback:
+            context.log.warning(f"critic fallback: {result.provenance.fallback}")
+        features = pl.DataFrame([{"feature": f.feature, "values": ", ".join(f.values), "error_lift": f.error_lift,
+                                  "attribution": f.attribution} for f in result.features])
+        return dg.MaterializeResult(metadata={
+            "hypothesis": result.hypothesis, "segments": ", ".join(result.segments), "confidence": result.confidence,
+            "critic": result.provenance.critic, "critic_model": result.provenance.model,
+            "fallback": result.provenance.fallback or "none", "recipe": " then ".join(result.recipe.stages),
+            "synthesis": json.dumps({"filters": result.synthesis.filters, "rows": result.synthesis.rows,
+                                     "replay_ratio": result.synthesis.replay_ratio}),
+            "features": dg.MetadataValue.md(to_markdown(features)), "digest": result.digest,
+            "path": dg.MetadataValue.path(str(path)),
+        })
+
+    @dg.asset(
+        group_name=GROUP, partitions_def=repair_cycles, deps=[diagnosis], kinds={"parquet"},
+        check_specs=[
+            dg.AssetCheckSpec("training_data_expectations", asset="synthetic_dataset", blocking=True,
+                              description="Great Expectations suite on the training rows: bad data never reaches a trainer"),
+            dg.AssetCheckSpec("disjoint_from_pins", asset="synthetic_dataset", blocking=True,
+                              description="No training row is a pin scenario, by request id or by content"),
+        ],
+    )
+    def synthetic_dataset(context: dg.AssetExecutionContext, storage: StorageEngine, scenarios: ScenarioSettings,
+                          signer: SignerSettings):
+        """Targeted rows in the failing segment plus a replay buffer, labelled by the active policy, with signed lineage."""
+        from modelsmith.atomic import write_with
+        from modelsmith.lineage import build_lineage, write_lineage
+        from scenario_data.expectations import validate_training_rows
+
+        home, key = storage.base(), context.partition_key
+        diag = diagnosis_from_dict(storage.get_json(f"cycles/{key}/diagnosis.json"))
+        policy = scenarios.load_policy()
+        pin_scenarios, _ = _labelled(storage)
+        seed = int(diag.digest[:8], 16)
+        implicated = {f.feature: f.values for f in diag.features if f.values}
+        result = synthesise(diag.synthesis, policy, seed, pin_scenarios, implicated)
+        rows = result.rows
+        out = home / "datasets" / key
+        write_with(out / "rows.parquet", lambda tmp: rows.write_parquet(tmp))
+        lineage = build_lineage(rows.to_dicts(), policy_digest=policy.digest, generator_seed=seed,
+                                diagnosis_digest=diag.digest, cycle=key, signer=signer.signer())
+        write_lineage(out, rows.to_dicts(), lineage)
+        counts = rows.group_by("source").len()
+        yield dg.MaterializeResult(metadata={
+            "dagster/row_count": rows.height, "target_rows": int((rows["source"] == "target").sum()),
+            "replay_rows": int((rows["source"] == "replay").sum()),
+            "contrast_rows": int((rows["source"] == "contrast").sum()), "requests_generated": result.requests_generated,
+            "excluded_by_request_id": result.excluded_by_id, "excluded_by_content": result.excluded_by_content,
+            "policy_digest": policy.digest, "generator_seed": seed, "merkle_root": lineage.root,
+            "signed_by": lineage.key_id, "path": dg.MetadataValue.path(str(out / "rows.parquet")),
+            "sources": dg.MetadataValue.md(to_markdown(counts)),
+        })
+        suite = validate_training_rows(rows)
+        yield dg.AssetCheckResult(check_name="training_data_expectations", passed=suite.success,
+                                  metadata={"result": dg.MetadataValue.md(suite.to_markdown())})
+        overlap = check_disjoint(rows, pin_scenarios)
+        yield dg.AssetCheckResult(check_name="disjoint_from_pins", passed=not any(overlap.values()), metadata=overlap)
+
+    @dg.asset(group_name=GROUP, partitions_def=repair_cycles, deps=[synthetic_dataset], kinds={"pytorch", "safetensors"})
+    def adapter(context: dg.AssetExecutionContext, storage: StorageEngine, trainer: TrainerSettings) -> dg.MaterializeResult:
+        """A LoRA adapter (peft, trained with trl's SFT trainer) on the champion's base, registered as a model version."""
+        import os
+        import shutil
+
+        from modelsmith.adapter_training import train_sft_adapter
+        from modelsmith.model_dir import short
+
+        home, key = storage.base(), context.partition_key
+        cycle = read_cycle(home, key)
+        registry = Registry(home)
+        champion = registry.get(cycle["model_version"])
+        base = registry.get(champion.base) if champion.kind == "adapter" else champion
+        diag = diagnosis_from_dict(storage.get_json(f"cycles/{key}/diagnosis.json"))
+        rows = pl.read_parquet(home / "datasets" / key / "rows.parquet")
+        work = home / "adapters" / f".cycle-{key}"
+        summary = train_sft_adapter(base.path, rows, work, trainer.recipe(diag.recipe.stages), log=context.log.info)
+        final = home / "adapters" / short(summary["digest"])
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(work, final)
+        version = registry.register(final, "adapter", base=base.digest, digest=summary["digest"])
+        context.instance.add_dynamic_partitions("model_versions", [version.key])
+        storage.put_json(f"cycles/{key}/adapter.json", {**summary, "model_version": version.digest,
+                                                         "path": str(final)})
+        history = pl.DataFrame(summary["history"])
+        return dg.MaterializeResult(metadata={
+            "model_version": version.digest, "partition_key": version.key, "base": base.digest,
+            "stages_run": ", ".join(summary["stages"]), "best_epoch": summary["best_epoch"],
+            "heldout_target_accuracy": summary["heldout"].get("target", 0.0),
+            "heldout_others_accuracy": summary["heldout"]["others"],
+            "train_rows": summary["train_rows"], "path": dg.MetadataValue.path(str(final)),
+            "epochs": dg.MetadataValue.md(to_markdown(history)),
+        })
+
+    @dg.asset(group_name=GROUP, partitions_def=repair_cycles, deps=[adapter], kinds={"parquet"})
+    def candidate_pins(context: dg.AssetExecutionContext, storage: StorageEngine,
+                       inference: InferenceSettings) -> dg.MaterializeResult:
+        """The candidate (base + adapter) pinned on every segment, paired against the champion on the same rows."""
+        home, key = storage.base(), context.partition_key
+        registry = Registry(home)
+        version = registry.get(storage.get_json(f"cycles/{key}/adapter.json")["model_version"])
+        labelled, scenarios_digest = _labelled(storage)
+        champion = read_champion(home)
+        reference, reference_name = reference_for(home, version.digest, champion.model_version, labelled)
+        run = pin(_engine_for(version, registry, inference), labelled, pins, version.digest, scenarios_digest,
+                  reference, reference_name)
+        run_dir = store(home, run)
+        storage.put_json(f"cycles/{key}/candidate_pins.json", {"run_dir": str(run_dir), **run.summary()})
+        return dg.MaterializeResult(metadata={
+            "composite": run.composite, "passed": run.passed, "reference": reference_name,
+            "failed": ", ".join(run.summary()["failed"]) or "none",
+            "regressed": ", ".join(run.summary()["regressed"]) or "none",
+            "run_dir": dg.MetadataValue.path(str(run_dir)), "pins": dg.MetadataValue.md(markdown_table(run.results)),
+        })
+
+    @dg.asset(group_name=GROUP, partitions_def=repair_cycles, deps=[candidate_pins], kinds={"json"})
+    def benchmark_delta(context: dg.AssetExecutionContext, storage: StorageEngine) -> dg.MaterializeResult:
+        """Before (champion) vs after (candidate) per pin; whether the cycle offers the candidate for promotion."""
+        home, key = storage.base(), context.partition_key
+        cycle = read_cycle(home, key)
+        after = storage.get_json(f"cycles/{key}/candidate_pins.json")["run_dir"]
+        delta = benchmark_delta_for(cycle["run_dir"], after, cycle["regressed"], pins)
+        from modelsmith.atomic import write_with
+
+        path = cycle_dir(home, key) / "benchmark_delta.parquet"
+        frame = pl.DataFrame(delta["pins"])
+        write_with(path, lambda tmp: frame.write_parquet(tmp))
+        storage.put_json(f"cycles/{key}/benchmark_delta.json", delta)
+        shown = frame.select("pin", "before", "after", "delta", "p_value", "p99_before_ms", "p99_after_ms", "status")
+        return dg.MaterializeResult(metadata={
+            "offer_for_promotion": delta["offer_for_promotion"], "repaired": ", ".join(delta["repaired"]) or "none",
+            "not_repaired": ", ".join(delta["not_repaired"]) or "none",
+            "flagged": ", ".join(delta["flagged"]) or "none",
+            "composite_before": delta["composite_before"], "composite_after": delta["composite_after"],
+            "path": dg.MetadataValue.path(str(path)),
+            "delta": dg.MetadataValue.md(to_markdown(shown.sort("delta"), max_rows=200)),
+        })
+
+    assets = [failure_traces_asset, diagnosis, synthetic_dataset, adapter, candidate_pins, benchmark_delta]
+    repair_job = dg.define_asset_job("repair_cycle_job", selection=assets,
+                                     description="Run one repair cycle (a partition) from traces to benchmark delta")
+    return dg.Definitions(assets=assets, jobs=[repair_job])
+

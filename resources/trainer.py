@@ -1,0 +1,29 @@
+"""How repair cycles train adapters: the LoRA and SFT knobs, as Dagster configuration."""
+
+import dagster as dg
+from pydantic import Field
+
+from modelsmith.adapter_training import AdapterRecipe, LoraSettings, SftSettings
+
+
+class TrainerSettings(dg.ConfigurableResource):
+    """Defaults measured on the default story (see the README's repair section); change them in the Launchpad."""
+
+    lora_r: int = Field(8, description="LoRA rank")
+    lora_alpha: int = Field(16, description="LoRA alpha")
+    target_modules: str = Field("all-linear", description="peft target modules ('all-linear' or comma-separated names)")
+    learning_rate: float = Field(3e-3, description="SFT learning rate (cosine schedule)")
+    epochs: int = Field(6, description="SFT epochs; the best epoch on the held-out slice is kept")
+    batch_size: int = Field(32, description="SFT batch size")
+    seed: int = Field(0, description="Training seed")
+    heldout_fraction: float = Field(0.1, description="Share of the synthetic rows held out for early stopping")
+    replay_weight: float = Field(1.0, description="Weight of held-out replay accuracy against target accuracy")
+
+    def recipe(self, stages: tuple[str, ...]) -> AdapterRecipe:
+        modules = self.target_modules if self.target_modules == "all-linear" else [
+            m.strip() for m in self.target_modules.split(",") if m.strip()]
+        return AdapterRecipe(
+            stages=stages, lora=LoraSettings(r=self.lora_r, alpha=self.lora_alpha, target_modules=modules),
+            sft=SftSettings(learning_rate=self.learning_rate, epochs=self.epochs, batch_size=self.batch_size,
+                            seed=self.seed, heldout_fraction=self.heldout_fraction),
+            replay_weight=self.replay_weight)
