@@ -25,7 +25,6 @@ from modelsmith.traces import ATTR_PREFIX, failure_traces
 from modelsmith_assets.model import _engine_for, _labelled
 from resources.critic import CriticSettings
 from resources.inference import InferenceSettings
-from resources.scenarios import ScenarioSettings
 from resources.signer import SignerSettings
 from resources.storage import StorageEngine
 from resources.trainer import TrainerSettings
@@ -33,6 +32,19 @@ from scenario_data.replay import to_markdown
 
 GROUP = "repair"
 repair_cycles = dg.DynamicPartitionsDefinition(name=CYCLES)
+
+
+def _policy_of_cycle(storage: StorageEngine, cycle: dict):
+    """The policy the regression was found under (the `policy` asset records each one by digest)."""
+    from scenario_data.policy import load_policy
+
+    digest = cycle["policy_digest"]
+    record = storage.get_json(f"policies/{digest}.json")
+    policy = load_policy(record["path"])
+    if policy.digest != digest:
+        raise ValueError(f"policy file {record['path']} changed since the cycle opened: digest {policy.digest[:12]}, "
+                         f"the cycle's labels were made by {digest[:12]}")
+    return policy
 
 
 def build_repair_defs(pins: PinSet) -> dg.Definitions:
@@ -99,8 +111,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
                               description="No training row is a pin scenario, by request id or by content"),
         ],
     )
-    def synthetic_dataset(context: dg.AssetExecutionContext, storage: StorageEngine, scenarios: ScenarioSettings,
-                          signer: SignerSettings):
+    def synthetic_dataset(context: dg.AssetExecutionContext, storage: StorageEngine, signer: SignerSettings):
         """Targeted rows in the failing segment plus a replay buffer, labelled by the active policy, with signed lineage."""
         from modelsmith.atomic import write_with
         from modelsmith.lineage import build_lineage, write_lineage
@@ -108,7 +119,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
 
         home, key = storage.base(), context.partition_key
         diag = diagnosis_from_dict(storage.get_json(f"cycles/{key}/diagnosis.json"))
-        policy = scenarios.load_policy()
+        policy = _policy_of_cycle(storage, read_cycle(home, key))
         pin_scenarios, _ = _labelled(storage)
         seed = int(diag.digest[:8], 16)
         implicated = {f.feature: f.values for f in diag.features if f.values}
