@@ -1,12 +1,16 @@
-"""The default story, first half, through the user's own command: `modelsmith loop`.
+"""The default story through the user's own command: `modelsmith loop`.
 
 On policy v1 the default base model passes every pin; switch the active policy to v2 and the
-champion's re-pin regresses the Gaming pin (significantly, by the paired test) and no other.
+champion's re-pin regresses the Gaming pin (significantly, by the paired test) and no other. A
+repair cycle opens: the critic names Gaming and the layout signals, a targeted dataset with a
+replay buffer is synthesised and signed, a LoRA adapter is trained, and the candidate recovers
+Gaming without a significant drop anywhere else. This is the slowest test in the suite.
 """
 
 import json
 
 import dagster as dg
+import polars as pl
 import pytest
 from click.testing import CliRunner
 
@@ -45,6 +49,7 @@ def test_v1_passes_every_pin_and_v2_regresses_gaming_only(home, realdata):
     assert v2["champion"] == v1["champion"]  # pins never move the champion
     assert v2["regressed"] == ["Video Gaming/app"]
     assert v2["failed"] == []  # every other pin still passes
+    _repair_checks(home, v2)
 
     report = json.loads((home / "reports" / short(champion.model_version) / "regression_report.json").read_text())
     (gaming,) = report["regressed"]
@@ -54,11 +59,45 @@ def test_v1_passes_every_pin_and_v2_regresses_gaming_only(home, realdata):
 
     # What the UI shows: one check per pin on the partition; the Gaming check failed, the rest passed.
     instance = dg.DagsterInstance.get()
-    assert instance.get_dynamic_partitions("model_versions") == [short(champion.model_version)]
+    assert instance.get_dynamic_partitions("model_versions") == [short(champion.model_version),
+                                                                 short(v2["cycle"]["candidate"])]  # + the repair's adapter
     records = instance.event_log_storage.get_latest_asset_check_execution_by_key(
         [dg.AssetCheckKey(dg.AssetKey("pin_results"), name) for name in ("pin_all", "pin_video_gaming_app")])
     status = {k.name: r.status.value for k, r in records.items()}
     assert status == {"pin_all": "SUCCEEDED", "pin_video_gaming_app": "FAILED"}
 
-    runs = history(home)  # DuckDB over the stored Parquet: two runs of every pin
-    assert runs.filter(runs["pin"] == "Video Gaming/app")["passed"].to_list() == [True, False]
+    runs = history(home)  # DuckDB over the stored Parquet: the champion's two runs, the candidate's one
+    gaming = runs.filter(runs["pin"] == "Video Gaming/app")
+    assert gaming.filter(gaming["model_version"] == champion.model_version)["passed"].to_list() == [True, False]
+
+
+def _repair_checks(home, v2: dict) -> None:
+    cycle = v2["cycle"]
+    assert cycle["success"], cycle
+    assert cycle["repaired"] == ["Video Gaming/app"] and cycle["flagged"] == [] and cycle["offer_for_promotion"]
+    cdir = home / "cycles" / cycle["id"]
+    diagnosis = json.loads((cdir / "diagnosis.json").read_text())
+    assert diagnosis["segments"] == ["Video Gaming/app"] and diagnosis["provenance"]["critic"] == "statistical"
+    assert {f["feature"] for f in diagnosis["features"]} >= {"rewarded", "position"}  # the layout signals
+
+    delta = json.loads((cdir / "benchmark_delta.json").read_text())
+    gaming = next(p for p in delta["pins"] if p["pin"] == "Video Gaming/app")
+    assert gaming["before"] < 0.95 <= gaming["after"]
+    assert all(p["status"] == "ok" for p in delta["pins"] if not p["target"])
+
+    # The candidate is a registered adapter version that peft loads on the base.
+    from peft import PeftConfig
+
+    candidate = Registry(home).get(short(cycle["candidate"]))
+    assert candidate.kind == "adapter" and candidate.base == v2["champion"]
+    assert PeftConfig.from_pretrained(candidate.path).peft_type == "LORA"
+    assert read_champion(home).model_version == v2["champion"]  # only the gate promotes
+
+    # Every training row proves its membership in the signed dataset, and none is a pin scenario.
+    from modelsmith.lineage import prove
+
+    rows = pl.read_parquet(home / "datasets" / cycle["id"] / "rows.parquet")
+    assert set(rows["source"]) == {"target", "replay", "contrast"}
+    assert prove(home, rows["row_id"][0])["verified"]
+    pins = pl.read_parquet(home / "replayed_auctions" / "replayed_auctions.parquet")
+    assert not set(rows["request_id"]) & set(pins["request_id"])
