@@ -1,4 +1,4 @@
-"""LoRA adapters for a repair cycle: trl's SFT trainer on the synthetic rows, with early stopping.
+"""LoRA adapters for a repair cycle: trl's SFT trainer on the synthetic rows (early stopping), then GRPO if asked.
 
 Each training row is the prompt's token ids plus the decision token, with the loss on the
 decision token only (labels -100 elsewhere): the decision is one token, so no EOS is appended and
@@ -43,10 +43,42 @@ class SftSettings:
 
 
 @dataclass
+class GrpoSettings:
+    """GRPO after SFT: the reward is agreement with the policy's decision plus a format term.
+
+    A confident model samples identical completions at temperature 1.0 (zero advantage, zero
+    gradient), hence the higher default temperature.
+    """
+
+    learning_rate: float = 1e-3
+    steps: int = 60
+    batch_size: int = 16
+    num_generations: int = 8
+    temperature: float = 1.5
+    rows: int = 1_000  # prompts drawn from the training split (target and replay alike)
+    tolerance: float = 0.005  # how much held-out accuracy on the other rows GRPO may cost and still be kept
+
+
+def qlora_unavailable_reason() -> str | None:
+    """Why 4-bit QLoRA cannot be used here (it needs CUDA and bitsandbytes), or None when it can."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "QLoRA needs a CUDA GPU and none is visible; training the LoRA in full precision on the CPU"
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return "QLoRA needs bitsandbytes (the gpu extra); training the LoRA in full precision"
+    return None
+
+
+@dataclass
 class AdapterRecipe:
     stages: tuple[str, ...] = ("sft",)
+    qlora: bool = True  # 4-bit base weights when CUDA and bitsandbytes are present (see qlora_unavailable_reason)
     lora: LoraSettings = field(default_factory=LoraSettings)
     sft: SftSettings = field(default_factory=SftSettings)
+    grpo: GrpoSettings = field(default_factory=GrpoSettings)
     replay_weight: float = 1.0  # how much a replay-accuracy point counts against a target point when picking the epoch
 
 
@@ -85,9 +117,60 @@ def heldout_accuracy(model, tokenizer, rows: pl.DataFrame) -> dict[str, float]:
     return {**out, "others": float(others["correct"].mean()) if others.height else 1.0}
 
 
-def train_sft_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: AdapterRecipe | None = None,
-                      log: Callable[[str], None] = print) -> dict:
-    """Train a LoRA adapter on `rows` (labelled synthetic rows with `source`) and save it to `out_dir`."""
+def agreement_reward(prompts, completions, expected, **_) -> list[float]:
+    """1 when the completion is the policy's decision for the row, else 0."""
+    return [1.0 if c.strip() == e else 0.0 for c, e in zip(completions, expected, strict=True)]
+
+
+def format_reward(prompts, completions, **_) -> list[float]:
+    """A small bonus for answering with exactly one decision label, a penalty for anything else."""
+    from modelsmith.prompt import LABEL_TOKENS
+
+    return [0.1 if c.strip() in LABEL_TOKENS else -0.5 for c in completions]
+
+
+def _log_callback(log: Callable[[str], None], stage: str):
+    from transformers import TrainerCallback
+
+    class LogToRun(TrainerCallback):
+        """Forward the trainer's log lines (loss, reward, learning rate) to the Dagster run log."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            keep = {k: logs[k] for k in ("loss", "reward", "learning_rate", "grad_norm") if logs and k in logs}
+            if keep:
+                log(f"{stage} step {state.global_step}: " + ", ".join(f"{k} {float(v):.4g}" for k, v in keep.items()))
+
+    return LogToRun()
+
+
+def _grpo(model, tokenizer, train_rows: pl.DataFrame, settings: GrpoSettings, seed: int, work: Path,
+          log: Callable[[str], None]):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from modelsmith.prompt import prompts
+
+    sample = train_rows.sample(min(settings.rows, train_rows.height), seed=seed)
+    dataset = Dataset.from_dict({"prompt": prompts(sample), "expected": sample["expected"].to_list()})
+    config = GRPOConfig(
+        output_dir=str(work / "grpo"), bf16=False, use_cpu=True, report_to="none", gradient_checkpointing=False,
+        learning_rate=settings.learning_rate, max_steps=settings.steps, per_device_train_batch_size=settings.batch_size,
+        num_generations=settings.num_generations, max_completion_length=1, temperature=settings.temperature,
+        beta=0.0, logging_steps=10, save_strategy="no", seed=seed, disable_tqdm=True,
+    )
+    trainer = GRPOTrainer(model=model, reward_funcs=[agreement_reward, format_reward], args=config,
+                          train_dataset=dataset, processing_class=tokenizer, callbacks=[_log_callback(log, "grpo")])
+    trainer.train()
+    return trainer.model
+
+
+def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: AdapterRecipe | None = None,
+                  log: Callable[[str], None] = print) -> dict:
+    """Train a LoRA adapter on `rows` (labelled synthetic rows with `source`) and save it to `out_dir`.
+
+    SFT always; GRPO after it when the recipe asks, kept only when it does not lower held-out target
+    accuracy and costs the other rows at most `grpo.tolerance` (else the SFT weights are saved).
+    """
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -99,7 +182,19 @@ def train_sft_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe:
     torch.manual_seed(sft.seed)
     train_rows, held = split_heldout(rows, sft.heldout_fraction, sft.seed)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    why_not = qlora_unavailable_reason() if recipe.qlora else "QLoRA off in the recipe"
+    on_gpu = why_not is None
+    if on_gpu:
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+        model = prepare_model_for_kbit_training(
+            AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=quant, device_map={"": 0}))
+        log("QLoRA: 4-bit NF4 base weights on CUDA")
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        log(why_not)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -124,7 +219,7 @@ def train_sft_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe:
                             weights={k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()})
 
     config = SFTConfig(
-        output_dir=str(work / "trainer"), bf16=False, use_cpu=True, report_to="none", gradient_checkpointing=False,
+        output_dir=str(work / "trainer"), bf16=on_gpu, use_cpu=not on_gpu, report_to="none", gradient_checkpointing=False,
         learning_rate=sft.learning_rate, lr_scheduler_type=sft.scheduler, num_train_epochs=sft.epochs,
         per_device_train_batch_size=sft.batch_size, warmup_steps=sft.warmup_steps, max_length=64,
         save_strategy="no", logging_steps=20, seed=sft.seed, data_seed=sft.seed, dataloader_num_workers=0,
@@ -132,21 +227,41 @@ def train_sft_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe:
     )
     lora = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
                       target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")
+    stages_run, grpo_summary = ["sft"], None
     try:
         trainer = SFTTrainer(model=model, args=config, train_dataset=_dataset(tokenizer, train_rows),
-                             processing_class=tokenizer, peft_config=lora, callbacks=[EpochEval()])
+                             processing_class=tokenizer, peft_config=lora,
+                             callbacks=[EpochEval(), _log_callback(log, "sft")])
         trainer.train()
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(trainer.model, best["weights"])
-        adapter_dir = work / "adapter"
-        trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
+        tuned = trainer.model
+        set_peft_model_state_dict(tuned, best["weights"])
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        if "grpo" in recipe.stages:
+            before = best["accuracy"]
+            tuned = _grpo(tuned, tokenizer, train_rows, recipe.grpo, sft.seed, work, log)
+            tuned.eval()
+            after = heldout_accuracy(tuned, tokenizer, held)
+            kept = (after.get("target", 0.0) >= before.get("target", 0.0)
+                    and after["others"] >= before["others"] - recipe.grpo.tolerance)
+            grpo_summary = {"kept": kept, "heldout_before": before, "heldout_after": after, "steps": recipe.grpo.steps}
+            log(f"grpo: held-out target {before.get('target', 0):.4f} -> {after.get('target', 0):.4f}, others "
+                f"{before['others']:.4f} -> {after['others']:.4f}: {'kept' if kept else 'dropped, SFT weights kept'}")
+            if kept:
+                stages_run.append("grpo")
+                best["accuracy"] = after
+            else:
+                set_peft_model_state_dict(tuned, best["weights"])
+        adapter_dir = work / "adapter"
+        tuned.save_pretrained(adapter_dir, safe_serialization=True)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(adapter_dir, out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"stages": ["sft"], "best_epoch": best["epoch"], "heldout": best["accuracy"], "history": history,
+    return {"stages": stages_run, "requested_stages": list(recipe.stages), "grpo": grpo_summary,
+            "qlora": on_gpu, "precision": "4-bit NF4 base (QLoRA)" if on_gpu else f"fp32 ({why_not})",
+            "best_epoch": best["epoch"], "heldout": best["accuracy"], "history": history,
             "train_rows": train_rows.height, "heldout_rows": held.height, "final_loss": losses[-1] if losses else None,
             "recipe": asdict(recipe), "digest": directory_digest(out_dir)}

@@ -152,7 +152,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         import os
         import shutil
 
-        from modelsmith.adapter_training import train_sft_adapter
+        from modelsmith.adapter_training import train_adapter
         from modelsmith.model_dir import short
 
         home, key = storage.base(), context.partition_key
@@ -163,7 +163,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         diag = diagnosis_from_dict(storage.get_json(f"cycles/{key}/diagnosis.json"))
         rows = pl.read_parquet(home / "datasets" / key / "rows.parquet")
         work = home / "adapters" / f".cycle-{key}"
-        summary = train_sft_adapter(base.path, rows, work, trainer.recipe(diag.recipe.stages), log=context.log.info)
+        summary = train_adapter(base.path, rows, work, trainer.recipe(diag.recipe.stages), log=context.log.info)
         final = home / "adapters" / short(summary["digest"])
         if final.exists():
             shutil.rmtree(final)
@@ -175,7 +175,9 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         history = pl.DataFrame(summary["history"])
         return dg.MaterializeResult(metadata={
             "model_version": version.digest, "partition_key": version.key, "base": base.digest,
-            "stages_run": ", ".join(summary["stages"]), "best_epoch": summary["best_epoch"],
+            "stages_run": ", ".join(summary["stages"]), "stages_requested": ", ".join(summary["requested_stages"]),
+            "grpo": json.dumps(summary["grpo"]) if summary["grpo"] else "not requested",
+            "best_epoch": summary["best_epoch"],
             "heldout_target_accuracy": summary["heldout"].get("target", 0.0),
             "heldout_others_accuracy": summary["heldout"]["others"],
             "train_rows": summary["train_rows"], "path": dg.MetadataValue.path(str(final)),

@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
-from modelsmith.adapter_training import AdapterRecipe, LoraSettings, SftSettings
+from modelsmith.adapter_training import AdapterRecipe, GrpoSettings, LoraSettings, SftSettings
 
 
 class TrainerSettings(dg.ConfigurableResource):
@@ -18,12 +18,25 @@ class TrainerSettings(dg.ConfigurableResource):
     seed: int = Field(0, description="Training seed")
     heldout_fraction: float = Field(0.1, description="Share of the synthetic rows held out for early stopping")
     replay_weight: float = Field(1.0, description="Weight of held-out replay accuracy against target accuracy")
+    stages: str = Field("", description="'' follows the diagnosis's recipe; 'sft' or 'sft,grpo' overrides it")
+    grpo_learning_rate: float = Field(1e-3, description="GRPO learning rate")
+    grpo_steps: int = Field(60, description="GRPO steps")
+    grpo_num_generations: int = Field(8, description="Completions sampled per prompt (the group)")
+    grpo_temperature: float = Field(1.5, description="Sampling temperature (1.0 gives a confident model no advantage)")
+    grpo_tolerance: float = Field(0.005, description="Held-out accuracy on other rows GRPO may cost and still be kept")
 
     def recipe(self, stages: tuple[str, ...]) -> AdapterRecipe:
+        if self.stages:
+            stages = tuple(s.strip() for s in self.stages.split(",") if s.strip())
+        if stages not in (("sft",), ("sft", "grpo")):
+            raise ValueError(f"TrainerSettings.stages must be 'sft' or 'sft,grpo', got {self.stages!r}")
         modules = self.target_modules if self.target_modules == "all-linear" else [
             m.strip() for m in self.target_modules.split(",") if m.strip()]
         return AdapterRecipe(
             stages=stages, lora=LoraSettings(r=self.lora_r, alpha=self.lora_alpha, target_modules=modules),
             sft=SftSettings(learning_rate=self.learning_rate, epochs=self.epochs, batch_size=self.batch_size,
                             seed=self.seed, heldout_fraction=self.heldout_fraction),
+            grpo=GrpoSettings(learning_rate=self.grpo_learning_rate, steps=self.grpo_steps,
+                              num_generations=self.grpo_num_generations, temperature=self.grpo_temperature,
+                              tolerance=self.grpo_tolerance),
             replay_weight=self.replay_weight)

@@ -1,0 +1,90 @@
+"""Real LoRA training on a tiny model: SFT, SFT then GRPO, determinism, and a killed run."""
+
+import polars as pl
+import pytest
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from modelsmith.adapter_training import AdapterRecipe, GrpoSettings, SftSettings, train_adapter
+from scenario_data.generator import generate_requests, label_requests
+from scenario_data.policy import shipped_policy
+from tests.unit.model.test_inference import model_dir, rows  # noqa: F401  (fixtures)
+
+
+@pytest.fixture(scope="module")
+def training_rows() -> pl.DataFrame:
+    labelled = label_requests(generate_requests(150, seed=77), shipped_policy(2))
+    return labelled.with_columns(
+        pl.when(pl.col("vertical") == "Video Gaming").then(pl.lit("target")).otherwise(pl.lit("replay")).alias("source"))
+
+
+def _recipe(stages=("sft",), epochs=2) -> AdapterRecipe:
+    return AdapterRecipe(stages=stages, sft=SftSettings(epochs=epochs, batch_size=16, heldout_fraction=0.2),
+                         grpo=GrpoSettings(steps=4, batch_size=8, num_generations=4, rows=64, tolerance=1.0))
+
+
+def _loads(model_dir, adapter_dir) -> None:  # noqa: F811
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), str(adapter_dir))
+    assert model.peft_config["default"].r == 8
+
+
+def test_sft_trains_a_real_adapter_deterministically(model_dir, training_rows, tmp_path):  # noqa: F811
+    lines: list[str] = []
+    first = train_adapter(model_dir, training_rows, tmp_path / "a", _recipe(), log=lines.append)
+    assert {p.name for p in (tmp_path / "a").iterdir()} >= {"adapter_model.safetensors", "adapter_config.json"}
+    _loads(model_dir, tmp_path / "a")
+    assert first["stages"] == ["sft"] and first["grpo"] is None and len(first["history"]) == 2
+    assert any(line.startswith("sft epoch 1: held-out target") for line in lines)  # progress reaches the run log
+    second = train_adapter(model_dir, training_rows, tmp_path / "b", _recipe())
+    assert first["digest"] == second["digest"]  # seeded CPU training is byte-identical
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
+
+
+def test_sft_then_grpo_records_what_ran(model_dir, training_rows, tmp_path):  # noqa: F811
+    summary = train_adapter(model_dir, training_rows, tmp_path / "g", _recipe(("sft", "grpo"), epochs=1))
+    _loads(model_dir, tmp_path / "g")
+    grpo = summary["grpo"]
+    assert summary["requested_stages"] == ["sft", "grpo"] and grpo["steps"] == 4
+    assert set(grpo["heldout_after"]) >= {"target", "others"}
+    assert summary["stages"] == (["sft", "grpo"] if grpo["kept"] else ["sft"])
+
+
+def test_a_killed_run_leaves_no_adapter(model_dir, training_rows, tmp_path):  # noqa: F811
+    def die(line: str) -> None:
+        if line.startswith("sft epoch 1"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_adapter(model_dir, training_rows, tmp_path / "k", _recipe(), log=die)
+    assert list(tmp_path.iterdir()) == []  # neither the adapter nor a half-written temporary
+
+
+def test_qlora_is_refused_with_a_reason_without_cuda():
+    import torch
+
+    from modelsmith.adapter_training import qlora_unavailable_reason
+
+    reason = qlora_unavailable_reason()
+    assert (reason is None) == (torch.cuda.is_available() and _has_bitsandbytes())
+    if reason:
+        assert "CUDA" in reason or "bitsandbytes" in reason
+
+
+def _has_bitsandbytes() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.gpu
+def test_qlora_trains_a_4bit_adapter_on_cuda(model_dir, training_rows, tmp_path):  # noqa: F811
+    from modelsmith.adapter_training import qlora_unavailable_reason
+
+    reason = qlora_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    summary = train_adapter(model_dir, training_rows, tmp_path / "q", _recipe())
+    assert summary["qlora"] is True
+    _loads(model_dir, tmp_path / "q")
