@@ -143,6 +143,13 @@ def _log_callback(log: Callable[[str], None], stage: str):
     return LogToRun()
 
 
+def _quiet(trainer) -> None:
+    """The log callback forwards progress; transformers' printer would repeat every dict on stdout."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
 def _grpo(model, tokenizer, train_rows: pl.DataFrame, settings: GrpoSettings, seed: int, work: Path,
           log: Callable[[str], None]):
     from datasets import Dataset
@@ -160,6 +167,7 @@ def _grpo(model, tokenizer, train_rows: pl.DataFrame, settings: GrpoSettings, se
     )
     trainer = GRPOTrainer(model=model, reward_funcs=[agreement_reward, format_reward], args=config,
                           train_dataset=dataset, processing_class=tokenizer, callbacks=[_log_callback(log, "grpo")])
+    _quiet(trainer)
     trainer.train()
     return trainer.model
 
@@ -232,6 +240,7 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
         trainer = SFTTrainer(model=model, args=config, train_dataset=_dataset(tokenizer, train_rows),
                              processing_class=tokenizer, peft_config=lora,
                              callbacks=[EpochEval(), _log_callback(log, "sft")])
+        _quiet(trainer)
         trainer.train()
         from peft import set_peft_model_state_dict
 
