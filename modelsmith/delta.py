@@ -11,10 +11,9 @@ from pathlib import Path
 
 import polars as pl
 
-from modelsmith.pins import PinSet
 
 
-def benchmark_delta_for(before_run: str | Path, after_run: str | Path, targets: list[str], pins: PinSet) -> dict:
+def benchmark_delta_for(before_run: str | Path, after_run: str | Path, targets: list[str]) -> dict:
     before = pl.read_parquet(Path(before_run) / "metrics.parquet")
     after = pl.read_parquet(Path(after_run) / "metrics.parquet")
     b = {r["pin"]: r for r in before.iter_rows(named=True)}
@@ -41,6 +40,8 @@ def benchmark_delta_for(before_run: str | Path, after_run: str | Path, targets: 
             "status": status, "reasons": a["reasons"],
         })
     by = {s: [r["pin"] for r in rows if r["status"] == s] for s in ("repaired", "not repaired", "flagged")}
+    measured = {r["pin"] for r in rows}
+    by["not repaired"] += [t for t in targets if t not in measured]  # a target the candidate was not pinned on
     after_summary = json.loads((Path(after_run) / "summary.json").read_text())
     before_summary = json.loads((Path(before_run) / "summary.json").read_text())
     return {"before_run": str(before_run), "after_run": str(after_run), "targets": targets,

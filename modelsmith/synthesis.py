@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from modelsmith.diagnosis import SynthesisSpec
-from modelsmith.prompt import PROMPT_FEATURES
+from modelsmith.prompt import PROMPT_FEATURES, Bucketed
 from scenario_data.generator import generate_requests, label_requests
 from scenario_data.policy import Policy, _parse_conditions
 
@@ -52,13 +52,31 @@ def content_digests(rows: pl.DataFrame) -> pl.Series:
         for r in rows.select(cols).iter_rows(named=True)], dtype=pl.String)
 
 
+def prompt_value(feature, value: str) -> str:
+    """A critic's value for a prompt feature in the prompt's own form: 'True' -> '1', 0.35 -> '0.3-0.4'.
+
+    Critics name values as they see them (the statistical critic in prompt buckets, Claude as raw
+    values such as 'True' or 'Video Gaming'); both mean the same rows.
+    """
+    text = str(value).strip()
+    if isinstance(feature, Bucketed):
+        try:
+            return feature.word(float(text)).split("=", 1)[1]
+        except ValueError:
+            return text  # already a bucket label such as '0.3-0.4'
+    if text.lower() in ("true", "false") and f"{feature.key}=1" in feature.vocabulary():
+        return "1" if text.lower() == "true" else "0"
+    return text.replace(" ", "_")
+
+
 def implicated_mask(rows: pl.DataFrame, implicated: dict[str, tuple[str, ...]]) -> pl.Series:
     """Rows whose prompt value (bucket) of every implicated feature is one of the implicated values."""
     features = [f for f in PROMPT_FEATURES if implicated.get(f.column)]
     if not features:
         return pl.Series([False] * rows.height, dtype=pl.Boolean)
+    wanted = {f.column: {prompt_value(f, v) for v in implicated[f.column]} for f in features}
     return pl.Series([
-        all(f.word(r[f.column]).split("=", 1)[1] in implicated[f.column] for f in features)
+        all(f.word(r[f.column]).split("=", 1)[1] in wanted[f.column] for f in features)
         for r in rows.select([f.column for f in features]).iter_rows(named=True)], dtype=pl.Boolean)
 
 

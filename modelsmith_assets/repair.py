@@ -211,7 +211,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         home, key = storage.base(), context.partition_key
         cycle = read_cycle(home, key)
         after = storage.get_json(f"cycles/{key}/candidate_pins.json")["run_dir"]
-        delta = benchmark_delta_for(cycle["run_dir"], after, cycle["regressed"], pins)
+        delta = benchmark_delta_for(cycle["run_dir"], after, cycle["regressed"])
         from modelsmith.atomic import write_with
 
         path = cycle_dir(home, key) / "benchmark_delta.parquet"

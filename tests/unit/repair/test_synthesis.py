@@ -205,11 +205,6 @@ def test_filter_expr_uses_the_policy_grammar(first_batch):
         filter_expr({"colour": {"eq": "red"}})
 
 
-@pytest.mark.xfail(strict=True, reason="implicated_mask compares against prompt words (rew=1 -> '1', "
-                                       "vert=Video_Gaming), but FeatureFinding documents values such as ('True',) and the "
-                                       "Claude critic's evidence shows str(value) ('True', 'Video Gaming'): such a "
-                                       "diagnosis implicates no row, so synthesis with contrast_share > 0 never finds a "
-                                       "near miss")
 def test_implicated_values_as_the_diagnosis_documents_them_select_rows(first_batch, policy, unrelated_pins):
     documented = {"rewarded": ("True",), "position": ("atf",)}  # FeatureFinding: values such as ("True",), ("atf",)
     expected = (first_batch["rewarded"] & (first_batch["position"] == "atf")).fill_null(False)
