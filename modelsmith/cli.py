@@ -268,6 +268,43 @@ def _repair(defs, instance, home: Path, report: dict) -> dict:
     return out
 
 
+@main.group("bundle")
+def bundle_group() -> None:
+    """Signed evidence bundles: verify one offline."""
+
+
+@bundle_group.command("verify")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--public-key", "public_key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The Ed25519 public key (PEM) you trust (default: the bundle's own public_key.pem, with a warning)")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object")
+def bundle_verify(path: Path, public_key: Path | None, as_json: bool) -> None:
+    """Verify the bundle directory or .tar PATH: signatures, digests, no missing or extra files; exit 1 unless OK."""
+    from modelsmith.attest import verify_bundle
+
+    pem = None
+    if public_key is not None:
+        try:
+            pem = public_key.read_text(encoding="ascii")
+        except (OSError, UnicodeError) as e:
+            raise click.ClickException(f"{public_key}: cannot read the public key ({e})") from None
+    report = verify_bundle(path, pem)
+    if as_json:
+        click.echo(json.dumps(report.as_json()))
+    else:
+        if report.warning:
+            click.echo(f"warning: {report.warning}", err=True)
+        if report.ok:
+            click.echo(f"OK {report.digest}")
+            click.echo(f"{report.checked} files and {report.signatures} signatures checked (key {report.key_id})")
+        else:
+            for error in report.errors:
+                click.echo(error)
+            click.echo(f"FAILED: {len(report.errors)} error(s) in {path}")
+    if not report.ok:
+        sys.exit(1)
+
+
 def _file_digest(path: Path) -> str:
     from modelsmith.model_dir import directory_digest, file_sha256
 
