@@ -12,6 +12,7 @@ refuses (a malformed line, a wrong type) is re-read line by line with the refere
 import gzip
 import io
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +152,9 @@ def _parquet_chunks(path: Path, chunk_lines: int) -> Iterator[Chunk]:
         row += len(bodies)
 
 
+NON_JSON_NUMBER = re.compile(rb"NaN|Infinity|[eE][+]?[0-9]{3}")
+
+
 def ingest_chunk(chunk: Chunk, domain_lists: dict[str, str]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Features and quarantine rows for one chunk; len(chunk.bodies) = accepted + quarantined."""
     frame = _fast_parse(chunk.bodies)
@@ -162,6 +166,9 @@ def ingest_chunk(chunk: Chunk, domain_lists: dict[str, str]) -> tuple[pl.DataFra
     if frame is None:
         return _slow_path(chunk, domain_lists)
     suspects = suspect_requests(frame).to_list()
+    # Arrow's reader takes NaN, Infinity and overflowing exponents (even in ignored fields); JSON
+    # does not, so such bodies go to the reference validator, which refuses them.
+    suspects = [s or bool(NON_JSON_NUMBER.search(b)) for s, b in zip(suspects, chunk.bodies, strict=True)]
     keep: list[int] = []
     quarantine: list[dict] = []
     for i, suspect in enumerate(suspects):

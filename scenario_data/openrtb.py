@@ -77,6 +77,21 @@ def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+class _NonFinite(ValueError):
+    """NaN, Infinity or a number beyond float range: Python's json accepts them, JSON (RFC 8259) does not."""
+
+
+def _not_json(name: str) -> float:
+    raise _NonFinite(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(f"number {text[:30]} is out of range")
+    return value
+
+
 def parse_json(raw: bytes) -> Any:
     """Parse one request body; refuse non-UTF-8 and non-JSON with where parsing stopped."""
     try:
@@ -84,9 +99,11 @@ def parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError as e:
         raise RequestError("", f"body is not UTF-8 (invalid byte at offset {e.start})") from None
     try:
-        return json.loads(text, object_pairs_hook=_first_wins)
+        return json.loads(text, object_pairs_hook=_first_wins, parse_constant=_not_json, parse_float=_finite_float)
     except json.JSONDecodeError as e:
         raise RequestError("", f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except _NonFinite as e:
+        raise RequestError("", f"body is not valid JSON: {e}") from None
     except RecursionError:
         raise RequestError("", "body is not valid JSON: nested too deeply") from None
 

@@ -254,7 +254,7 @@ def test_settings_build_the_chosen_critic(monkeypatch: pytest.MonkeyPatch) -> No
     built = settings.build()
     assert isinstance(built, ClaudeCritic) and isinstance(built.fallback, TableCritic)
     assert (built.model, built.base_url, built.max_retries, built.timeout_s) == (
-        "claude-sonnet-4-5", "http://127.0.0.1:9", 1, 2.0)
+        "claude-sonnet-4-6", "http://127.0.0.1:9", 1, 2.0)
     assert KEY not in repr(settings)
     with pytest.raises(ValueError, match="unknown critic 'gpt'"):
         CriticSettings(critic="gpt").build()
