@@ -248,6 +248,27 @@ def lineage_prove(row_id: str, home: Path | None, cycle: str | None, as_json: bo
         sys.exit(1)
 
 
+@main.group()
+def audit() -> None:
+    """The hash-chained log of every champion change."""
+
+
+@audit.command("verify")
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Modelsmith home (default: $MODELSMITH_HOME or ~/.modelsmith)")
+def audit_verify(home: Path | None) -> None:
+    """Check the audit log's chain and that the champion record matches its last move; exit 1 otherwise."""
+    from modelsmith import audit as audit_log
+    from modelsmith.home import modelsmith_home
+
+    report = audit_log.verify(home or modelsmith_home())
+    for error in report.errors:
+        click.echo(error, err=True)
+    click.echo(f"{'OK' if report.ok else 'FAILED'}: {report.entries} audit entries")
+    if not report.ok:
+        sys.exit(1)
+
+
 def _repair(defs, instance, home: Path, report: dict) -> dict:
     """Open a repair cycle for a regressed report and run the chain once (the sensor's job, in-process)."""
     from modelsmith.cycles import CYCLES, cycle_dir, open_cycle

@@ -119,7 +119,7 @@ def read_champion(home: Path) -> Champion | None:
 
 
 def write_champion(home: Path, digest: str, by: str, reason: str) -> Champion:
-    """Move the champion pointer. Only the promotion gate calls this (and bootstrap, once)."""
+    """Move the champion pointer. Only the promotion gate calls this (and bootstrap, once), after the audit entry."""
     record = Champion(digest, datetime.now(UTC).isoformat(timespec="seconds"), by, reason)
     write_text(champion_path(home), json.dumps(asdict(record), indent=2))
     return record
@@ -127,4 +127,10 @@ def write_champion(home: Path, digest: str, by: str, reason: str) -> Champion:
 
 def bootstrap_champion(home: Path, base_digest: str) -> Champion:
     """At bootstrap the base model is the champion; an existing champion is never replaced here."""
-    return read_champion(home) or write_champion(home, base_digest, by="bootstrap", reason="no champion yet: the base model")
+    existing = read_champion(home)
+    if existing is not None:
+        return existing
+    from modelsmith import audit
+
+    audit.append(home, "bootstrap", champion_before=None, champion_after=base_digest, by="bootstrap")
+    return write_champion(home, base_digest, by="bootstrap", reason="no champion yet: the base model")

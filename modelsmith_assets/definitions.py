@@ -5,7 +5,7 @@ import os
 import dagster as dg
 
 from modelsmith.pins import load_pins
-from modelsmith_assets import model, repair, scenarios
+from modelsmith_assets import gate, model, repair, scenarios
 from resources import resources_for
 
 
@@ -16,6 +16,7 @@ def build_definitions(env: str = "embedded", pins_path: str | None = None) -> dg
         scenarios.defs,
         model.build_model_defs(pins, deps=[scenarios.replayed_auctions]),
         repair.build_repair_defs(pins),
+        gate.gate_defs(),
         dg.Definitions(resources=resources_for(env)),
     )
 

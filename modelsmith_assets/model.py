@@ -60,11 +60,18 @@ def _labelled(storage: StorageEngine) -> tuple[pl.DataFrame, str]:
     return pl.read_parquet(path), file_sha256(path)
 
 
-def _engine_for(version, registry: Registry, inference: InferenceSettings):
-    """One loaded base model; an adapter version is attached to its base by digest and switched on."""
+def _engine_for(version, registry: Registry, inference: InferenceSettings, champion: str | None = None):
+    """One loaded base model; an adapter version is attached to its base by digest and switched on.
+
+    The champion, when it is an adapter and `merge_champion` is set, is served merged into its base.
+    """
     if version.kind == "base":
         return inference.load(version.path)
     base = registry.get(version.base)
+    if inference.merge_champion and inference.engine == "transformers" and version.digest == champion:
+        from resources.inference import TransformersEngine
+
+        return TransformersEngine.merged(base.path, version.path, inference.device, inference.batch_size)
     engine = inference.load(base.path)
     engine.attach_adapter(version.digest, version.path)
     engine.use(version.digest)
@@ -103,7 +110,7 @@ def build_model_defs(pins: PinSet, deps: list) -> dg.Definitions:
         champion = read_champion(home)
         reference, reference_name = reference_for(home, version.digest, champion.model_version if champion else None,
                                                   labelled)
-        engine = _engine_for(version, registry, inference)
+        engine = _engine_for(version, registry, inference, champion.model_version if champion else None)
         run = pin(engine, labelled, pins, version.digest, scenarios_digest, reference, reference_name)
         run_dir = store(home, run)
         context.log.info(f"pinned {version.key} against {reference_name}: composite {run.composite:.4f}")

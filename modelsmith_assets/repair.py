@@ -197,7 +197,8 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         run = pin(_engine_for(version, registry, inference), labelled, pins, version.digest, scenarios_digest,
                   reference, reference_name)
         run_dir = store(home, run)
-        storage.put_json(f"cycles/{key}/candidate_pins.json", {"run_dir": str(run_dir), **run.summary()})
+        storage.put_json(f"cycles/{key}/candidate_pins.json", {"run_dir": str(run_dir), "pins_digest": pins.digest,
+                                                                **run.summary()})
         return dg.MaterializeResult(metadata={
             "composite": run.composite, "passed": run.passed, "reference": reference_name,
             "failed": ", ".join(run.summary()["failed"]) or "none",
@@ -228,7 +229,36 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
             "delta": dg.MetadataValue.md(to_markdown(shown.sort("delta"), max_rows=200)),
         })
 
-    assets = [failure_traces_asset, diagnosis, synthetic_dataset, adapter, candidate_pins, benchmark_delta]
+    @dg.asset(group_name=GROUP, partitions_def=repair_cycles, deps=[benchmark_delta], kinds={"json"})
+    def evidence_bundle(context: dg.AssetExecutionContext, storage: StorageEngine,
+                        signer: SignerSettings) -> dg.MaterializeResult:
+        """The signed evidence a reviewer approves: traces, diagnosis, lineage, delta, integrity, report, attestations."""
+        from modelsmith.evidence import assemble
+
+        home, key = storage.base(), context.partition_key
+        run_ids = {}
+        for name in ("failure_traces", "diagnosis", "synthetic_dataset", "adapter", "candidate_pins", "benchmark_delta"):
+            records = context.instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), asset_partitions=[key]), limit=1).records
+            run_ids[name] = records[0].run_id if records else ""
+        run_ids["evidence_bundle"] = context.run_id
+        started = read_cycle(home, key)["opened"]
+        info = assemble(home, key, run_ids, started, signer.signer())
+        delta = storage.get_json(f"cycles/{key}/benchmark_delta.json")
+        shown = pl.DataFrame(delta["pins"]).select("pin", "before", "after", "delta", "p_value", "status")
+        verdict = "offered for promotion" if delta["offer_for_promotion"] else "not offered"
+        return dg.MaterializeResult(metadata={
+            "verdict": verdict, "bundle_digest": info.digest, "candidate": delta["candidate"],
+            "report": dg.MetadataValue.path(str(info.path / "report.html")),
+            "bundle": dg.MetadataValue.path(str(info.path)), "tar": dg.MetadataValue.path(str(info.tar)),
+            "files": len(info.files), "signed_by": signer.signer().key_id(),
+            "delta": dg.MetadataValue.md(to_markdown(shown.sort("delta"), max_rows=200)),
+            "next": "launch promotion_job from the Launchpad with this bundle_digest" if delta["offer_for_promotion"]
+            else "rejected by the cycle: a target was not repaired or another pin was flagged",
+        })
+
+    assets = [failure_traces_asset, diagnosis, synthetic_dataset, adapter, candidate_pins, benchmark_delta,
+              evidence_bundle]
     repair_job = dg.define_asset_job("repair_cycle_job", selection=assets,
                                      description="Run one repair cycle (a partition) from traces to benchmark delta")
     return dg.Definitions(assets=assets, jobs=[repair_job])

@@ -93,6 +93,19 @@ class TransformersEngine:
         self.batch_size, self.adapters, self.active = batch_size, {}, None
         return self
 
+    @classmethod
+    def merged(cls, model_dir: str | Path, adapter_dir: str | Path, device: str = "auto", batch_size: int = 64,
+               threads: int = 0) -> "TransformersEngine":
+        """The base with one adapter merged into its weights (`merge_and_unload`): how a promoted champion is served.
+
+        A merged adapter costs nothing per decision; it cannot be swapped, which serving does not need.
+        """
+        from peft import PeftModel
+
+        engine = cls(model_dir, device=device, batch_size=batch_size, threads=threads)
+        engine.base = engine.model = PeftModel.from_pretrained(engine.base, str(adapter_dir)).merge_and_unload().eval()
+        return engine
+
     def attach_adapter(self, digest: str, path: str | Path) -> None:
         """Load a LoRA adapter once under its digest; `use(digest)` then switches to it."""
         from peft import PeftModel
@@ -225,6 +238,8 @@ class InferenceSettings(dg.ConfigurableResource):
     engine: str = Field("transformers", description="'transformers' (CPU or CUDA) or 'vllm' (CUDA, the gpu extra)")
     device: str = Field("auto", description="transformers device: auto, cpu, cuda, cuda:1, ...")
     batch_size: int = Field(64, description="Rows per forward pass; a row's latency is its batch's wall time")
+    merge_champion: bool = Field(False, description="Serve a champion adapter merged into the base weights "
+                                                    "(transformers engine); other versions are attached and swapped")
 
     def load(self, model_dir: str | Path) -> InferenceEngine:
         return load_engine(model_dir, self.engine, self.device, self.batch_size)

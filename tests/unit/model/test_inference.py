@@ -84,3 +84,13 @@ def test_vllm_engine_agrees_with_transformers(model_dir, adapter_dir, rows):
     engine = VllmEngine(model_dir)
     got = engine.decide(rows)
     assert np.mean(np.array(got.decision) == np.array(ref.decision)) > 0.95
+
+
+def test_a_merged_adapter_decides_as_the_attached_one(model_dir, adapter_dir, rows):
+    attached = TransformersEngine(model_dir, batch_size=16)
+    attached.attach_adapter("a", adapter_dir)
+    attached.use("a")
+    merged = TransformersEngine.merged(model_dir, adapter_dir, batch_size=16)
+    base = TransformersEngine(model_dir, batch_size=16).decide(rows).probabilities
+    np.testing.assert_allclose(merged.decide(rows).probabilities, attached.decide(rows).probabilities, atol=1e-5)
+    assert not np.allclose(merged.decide(rows).probabilities, base, atol=1e-4)  # the adapter does change decisions

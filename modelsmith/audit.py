@@ -1,0 +1,93 @@
+"""The audit log: every change of champion (bootstrap, promotion, rejection, rollback), hash-chained.
+
+`HOME/audit.jsonl` holds one canonical JSON object per line. Each entry carries `prev`, the digest
+of the entry before it (64 zeros for the first), and `digest`, the SHA-256 of its own canonical
+JSON without `digest`. Editing, removing or reordering any entry breaks the chain, and the
+champion record must equal what the last champion-moving entry says: `modelsmith audit verify`.
+"""
+
+import fcntl
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+GENESIS = "0" * 64
+MOVES = ("bootstrap", "approve", "rollback")  # actions that set the champion
+
+
+def audit_path(home: Path) -> Path:
+    return Path(home) / "audit.jsonl"
+
+
+def _canonical(obj: dict) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def entries(home: Path) -> list[dict]:
+    path = audit_path(home)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def append(home: Path, action: str, **fields_: object) -> dict:
+    """Append one entry under an exclusive lock, fsync'd: the chain never forks or tears."""
+    path = audit_path(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        lines = [line for line in f.read().splitlines() if line.strip()]
+        prev = json.loads(lines[-1])["digest"] if lines else GENESIS
+        entry = {"seq": len(lines), "prev": prev, "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                 "action": action, **fields_}
+        entry["digest"] = hashlib.sha256(_canonical(entry)).hexdigest()
+        f.write(_canonical(entry).decode() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return entry
+
+
+@dataclass
+class AuditReport:
+    ok: bool
+    entries: int
+    errors: list[str] = field(default_factory=list)
+
+
+def verify(home: Path) -> AuditReport:
+    """Check the chain, each entry's digest, and that the champion record matches the last move."""
+    from modelsmith.model_dir import read_champion
+
+    path = audit_path(home)
+    errors: list[str] = []
+    prev, last_move = GENESIS, None
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    for n, line in enumerate(lines, start=1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as e:
+            errors.append(f"{path.name} line {n}: not JSON ({e.msg})")
+            break
+        body = {k: v for k, v in entry.items() if k != "digest"}
+        if hashlib.sha256(_canonical(body)).hexdigest() != entry.get("digest"):
+            errors.append(f"{path.name} line {n}: digest does not match the entry (edited?)")
+        if _canonical(entry).decode() != line:
+            errors.append(f"{path.name} line {n}: not in canonical form (edited?)")
+        if entry.get("prev") != prev:
+            errors.append(f"{path.name} line {n}: prev does not match the digest of line {n - 1} (removed or reordered?)")
+        if entry.get("seq") != n - 1:
+            errors.append(f"{path.name} line {n}: seq {entry.get('seq')} where {n - 1} was expected")
+        prev = entry.get("digest")
+        if entry.get("action") in MOVES:
+            last_move = entry
+    champion = read_champion(home)
+    if champion is not None and last_move is None:
+        errors.append("champion.json: a champion exists but no audit entry ever set one")
+    elif last_move is not None and (champion is None or champion.model_version != last_move.get("champion_after")):
+        errors.append(f"champion.json: holds {champion.model_version[:16] if champion else 'nothing'}, the audit log's "
+                      f"last move set {str(last_move.get('champion_after'))[:16]} (moved outside the gate?)")
+    return AuditReport(not errors, len(lines), errors)

@@ -1,0 +1,286 @@
+"""What goes into a repair cycle's evidence bundle: the files a reviewer reads and the signed predicates.
+
+`assemble` gathers the cycle's artifacts (traces, diagnosis, lineage, delta), writes the reviewer's
+page (`report.html`, plots inline as SVG) and the integrity record, and hands them with five
+predicates to `modelsmith.attest.write_bundle`, which signs them (in-toto Statements in DSSE
+envelopes) and fixes the bundle's digest. Predicates: the candidate's pin results (in-toto
+test-result), the benchmark delta, the diagnosis, and the dataset and adapter builds (SLSA
+Provenance v1).
+"""
+
+import html
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import polars as pl
+
+from modelsmith.model_dir import Registry, directory_digest, file_sha256, short
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("dagster", "torch", "transformers", "peft", "trl", "polars", "duckdb", "great-expectations", "cryptography",
+            "anthropic")
+TEST_RESULT = "https://in-toto.io/attestation/test-result/v0.1"
+SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
+DELTA_PREDICATE = "https://modelsmith.dev/benchmark-delta/v1"
+DIAGNOSIS_PREDICATE = "https://modelsmith.dev/diagnosis/v1"
+BUILDER = "https://modelsmith.dev/builders/dagster"
+
+
+def code_revision() -> dict:
+    """The git revision of the code that ran, and whether the work tree had uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        rev = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        rev, dirty = "", False
+    return {"revision": rev or "unknown (not a git checkout)", "dirty": dirty}
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _hardware() -> dict:
+    info = {"machine": platform.machine(), "cpus": os.cpu_count() or 0, "cuda": "none"}
+    try:
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    import torch
+
+    if torch.cuda.is_available():
+        info["cuda"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def integrity(home: Path, cycle: dict, adapter: dict, run_ids: dict[str, str], started: str) -> dict:
+    registry = Registry(home)
+    champion = registry.get(cycle["model_version"])
+    base = registry.get(champion.base) if champion.kind == "adapter" else champion
+    dataset = Path(home) / "datasets" / cycle["cycle"]
+    lineage = json.loads((dataset / "lineage.json").read_text())
+    return {
+        "code": code_revision(), "packages": _versions(),
+        "python": sys.version.split()[0], "platform": platform.platform(), "hardware": _hardware(),
+        "dagster_runs": run_ids, "cycle": cycle["cycle"],
+        "digests": {"base_model": base.digest, "champion": champion.digest, "adapter": adapter["model_version"],
+                    "adapter_files": directory_digest(Path(adapter["path"])),
+                    "dataset_rows": file_sha256(dataset / "rows.parquet"), "dataset_merkle_root": lineage["root"],
+                    "policy": cycle["policy_digest"], "scenarios": cycle["scenarios_digest"]},
+        "started": started, "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def diagnosis_markdown(d: dict) -> str:
+    lines = [f"# Diagnosis of cycle {d['cycle']}", "", f"**Segments:** {', '.join(d['segments'])}", "",
+             f"**Hypothesis:** {d['hypothesis']}", "", f"**Confidence:** {d['confidence']:.2f}", "",
+             "| feature | values | error lift | attribution |", "|---|---|---|---|"]
+    lines += [f"| {f['feature']} | {', '.join(map(str, f['values']))} | {f['error_lift']:.2f} | {f['attribution']:.3f} |"
+              for f in d["features"]]
+    s = d["synthesis"]
+    lines += ["", f"**Synthesis:** {s['rows']} rows matching `{json.dumps(s['filters'])}`, replay ratio "
+              f"{s['replay_ratio']}, near-miss share {s.get('contrast_share', 0)}", "",
+              f"**Recipe:** {' then '.join(d['recipe']['stages'])}", "",
+              f"**Provenance:** critic {d['provenance']['critic']} ({d['provenance']['model']}), prompt "
+              f"{d['provenance']['prompt_digest'][:16]}, input {d['provenance']['input_digest'][:16]}"
+              + (f", fallback: {d['provenance']['fallback']}" if d["provenance"].get("fallback") else "")]
+    return "\n".join(lines) + "\n"
+
+
+def delta_markdown(delta: dict) -> str:
+    lines = [f"# Benchmark delta: candidate {short(delta['candidate'])} vs champion {short(delta['champion'])}", "",
+             f"**Verdict:** {'offered for promotion' if delta['offer_for_promotion'] else 'not offered'}; repaired: "
+             f"{', '.join(delta['repaired']) or 'none'}; not repaired: {', '.join(delta['not_repaired']) or 'none'}; "
+             f"flagged: {', '.join(delta['flagged']) or 'none'}", "",
+             f"Composite {delta['composite_before']:.4f} -> {delta['composite_after']:.4f}", "",
+             "| pin | rows | before | after | delta | p | p99 before ms | p99 after ms | status |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for p in sorted(delta["pins"], key=lambda p: p["delta"]):
+        pv = f"{p['p_value']:.2g}" if p["p_value"] is not None else "–"
+        lines.append(f"| {p['pin']} | {p['rows']} | {p['before']:.4f} | {p['after']:.4f} | {p['delta']:+.4f} | {pv} "
+                     f"| {p['p99_before_ms']:.1f} | {p['p99_after_ms']:.1f} | {p['status']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()[buf.getvalue().index("<svg"):]
+
+
+def _plots(delta: dict, history: pl.DataFrame) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matplotlib.rcParams["svg.hashsalt"] = "modelsmith"  # stable element ids: the same inputs give the same bytes
+    pins = sorted(delta["pins"], key=lambda p: (not p["target"], p["delta"]))[:30]
+    y = list(range(len(pins)))
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(pins) + 1))
+    for off, when, color in ((-0.15, "before", "#999999"), (0.15, "after", "#1f77b4")):
+        acc = [p[when] for p in pins]
+        err = [[a - p[f"{when}_ci_low"] for a, p in zip(acc, pins, strict=True)],
+               [p[f"{when}_ci_high"] - a for a, p in zip(acc, pins, strict=True)]]
+        ax.errorbar(acc, [v + off for v in y], xerr=err, fmt="o", ms=3, color=color, label=when)
+    ax.set_yticks(y, [p["pin"] + (" *" if p["target"] else "") for p in pins], fontsize=7)
+    ax.set_xlabel("accuracy (95% Wilson interval)")
+    ax.legend(loc="lower left", fontsize=7)
+    accuracy = _svg(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.scatter([p["p99_before_ms"] for p in delta["pins"]], [p["p99_after_ms"] for p in delta["pins"]], s=8)
+    top = max([p["p99_before_ms"] for p in delta["pins"]] + [p["p99_after_ms"] for p in delta["pins"]] + [1.0])
+    ax.plot([0, top], [0, top], color="#cccccc", lw=1)
+    ax.set_xlabel("p99 latency before (ms)")
+    ax.set_ylabel("p99 latency after (ms)")
+    latency = _svg(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    for version, runs in history.group_by("model_version", maintain_order=True):
+        ax.plot(range(runs.height), runs["accuracy"].to_list(), marker="o", label=short(version[0]))
+    ax.set_xlabel("pin run (oldest first)")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=7)
+    trend = _svg(fig)
+    target = ", ".join(delta["targets"])
+    return [("Accuracy per pin, before and after (* = repaired target)", accuracy),
+            ("p99 latency per pin, before vs after", latency), (f"Pin history of {target}", trend)]
+
+
+def report_html(delta: dict, diagnosis: dict, history: pl.DataFrame, integrity_record: dict) -> str:
+    verdict = "OFFERED FOR PROMOTION" if delta["offer_for_promotion"] else "NOT OFFERED"
+    esc = html.escape
+    def p_text(p: dict) -> str:
+        return "" if p["p_value"] is None else f"{p['p_value']:.2g}"
+
+    rows = "".join(
+        f"<tr class='{esc(p['status'].replace(' ', '-'))}'><td>{esc(p['pin'])}</td><td>{p['rows']}</td>"
+        f"<td>{p['before']:.4f}</td><td>{p['after']:.4f}</td><td>{p['delta']:+.4f}</td>"
+        f"<td>{p_text(p)}</td><td>{p['p99_before_ms']:.1f}</td>"
+        f"<td>{p['p99_after_ms']:.1f}</td><td>{esc(p['status'])}</td></tr>"
+        for p in sorted(delta["pins"], key=lambda p: p["delta"]))
+    plots = "".join(f"<h2>{esc(title)}</h2><figure>{svg}</figure>" for title, svg in _plots(delta, history))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Modelsmith evidence: cycle {esc(diagnosis['cycle'])}</title>
+<style>body{{font-family:sans-serif;max-width:60rem;margin:2rem auto}}table{{border-collapse:collapse;font-size:.85rem}}
+td,th{{border:1px solid #ddd;padding:.2rem .5rem}}.flagged,.not-repaired{{background:#fdd}}.repaired{{background:#dfd}}</style>
+</head><body>
+<h1>Cycle {esc(diagnosis['cycle'])}: {verdict}</h1>
+<p>Candidate <code>{esc(delta['candidate'])}</code> against champion <code>{esc(delta['champion'])}</code>.
+Repaired: {esc(', '.join(delta['repaired']) or 'none')}. Not repaired: {esc(', '.join(delta['not_repaired']) or 'none')}.
+Flagged: {esc(', '.join(delta['flagged']) or 'none')}. Composite {delta['composite_before']:.4f} &rarr; {delta['composite_after']:.4f}.</p>
+<h2>Diagnosis ({esc(diagnosis['provenance']['critic'])})</h2><p>{esc(diagnosis['hypothesis'])}</p>
+{plots}
+<h2>Every pin</h2><table><tr><th>pin</th><th>rows</th><th>before</th><th>after</th><th>delta</th><th>p</th>
+<th>p99 before ms</th><th>p99 after ms</th><th>status</th></tr>{rows}</table>
+<h2>Integrity</h2><pre>{esc(json.dumps(integrity_record, indent=2))}</pre>
+</body></html>
+"""
+
+
+def predicates(home: Path, cycle: dict, diagnosis: dict, delta: dict, adapter: dict, candidate_run: dict,
+               lineage: dict, integrity_record: dict) -> list[tuple[str, str, dict]]:
+    runs = integrity_record["dagster_runs"]
+    code = integrity_record["code"]
+    code_dep = {"uri": f"git+modelsmith@{code['revision']}", "digest": {"gitCommit": code["revision"]},
+                "annotations": {"dirty": code["dirty"]}}
+    policy = json.loads((Path(home) / "policies" / f"{cycle['policy_digest']}.json").read_text())
+    policy_dep = {"uri": f"file://{policy['path']}", "digest": {"sha256": cycle["policy_digest"]}, "name": "policy"}
+    registry = Registry(home)
+    base = registry.get(registry.get(adapter["model_version"]).base)
+
+    def run_details(asset: str) -> dict:
+        return {"builder": {"id": BUILDER}, "metadata": {"invocationId": runs.get(asset, ""),
+                                                         "startedOn": integrity_record["started"],
+                                                         "finishedOn": integrity_record["finished"]}}
+
+    failed = candidate_run["failed"]
+    passed = [p["pin"] for p in delta["pins"] if p["pin"] not in failed]
+    return [
+        ("pins", TEST_RESULT, {"result": "PASSED" if not failed else "FAILED", "configuration": [
+            {"name": "pins", "digest": {"sha256": candidate_run.get("pins_digest", "")}}],
+            "passedTests": passed, "failedTests": failed, "warnedTests": delta["flagged"],
+            "url": candidate_run.get("run_dir", "")}),
+        ("benchmark_delta", DELTA_PREDICATE, {k: delta[k] for k in (
+            "candidate", "champion", "targets", "repaired", "not_repaired", "flagged", "offer_for_promotion",
+            "composite_before", "composite_after")} | {"pins": delta["pins"]}),
+        ("diagnosis", DIAGNOSIS_PREDICATE, diagnosis),
+        ("dataset_provenance", SLSA_PROVENANCE, {
+            "buildDefinition": {
+                "buildType": "https://modelsmith.dev/synthetic-dataset/v1",
+                "externalParameters": {"cycle": cycle["cycle"], "synthesis": diagnosis["synthesis"],
+                                       "generator_seed": lineage["generator_seed"]},
+                "internalParameters": {"diagnosis_digest": lineage["diagnosis_digest"]},
+                "resolvedDependencies": [policy_dep, code_dep]},
+            "runDetails": run_details("synthetic_dataset") | {"byproducts": [
+                {"name": "merkle_root", "digest": {"sha256": lineage["root"]}}]}}),
+        ("training_provenance", SLSA_PROVENANCE, {
+            "buildDefinition": {
+                "buildType": "https://modelsmith.dev/lora-adapter/v1",
+                "externalParameters": {"recipe": adapter["recipe"], "stages_requested": adapter["requested_stages"]},
+                "internalParameters": {"stages_run": adapter["stages"], "best_epoch": adapter["best_epoch"],
+                                       "grpo": adapter["grpo"], "precision": adapter.get("precision", "")},
+                "resolvedDependencies": [
+                    {"uri": f"file://{base.path}", "digest": {"sha256": base.digest}, "name": "base_model"},
+                    {"uri": f"file://{Path(home) / 'datasets' / cycle['cycle'] / 'rows.parquet'}",
+                     "digest": {"sha256": integrity_record["digests"]["dataset_rows"]}, "name": "dataset"},
+                    policy_dep, code_dep]},
+            "runDetails": run_details("adapter")}),
+    ]
+
+
+def assemble(home: Path, cycle_key: str, run_ids: dict[str, str], started: str, signer):
+    """Write and sign the bundle of one cycle under HOME/bundles/<cycle>/ (immutable once written)."""
+    from modelsmith.attest import write_bundle
+    from modelsmith.cycles import cycle_dir, read_cycle
+    from modelsmith.pin_runs import history
+
+    home = Path(home)
+    cdir = cycle_dir(home, cycle_key)
+    cycle = read_cycle(home, cycle_key)
+    diagnosis = json.loads((cdir / "diagnosis.json").read_text())
+    delta = json.loads((cdir / "benchmark_delta.json").read_text())
+    adapter = json.loads((cdir / "adapter.json").read_text())
+    candidate_run = json.loads((cdir / "candidate_pins.json").read_text())
+    lineage_path = home / "datasets" / cycle_key / "lineage.json"
+    lineage = json.loads(lineage_path.read_text())
+    record = integrity(home, cycle, adapter, run_ids, started)
+    hist = history(home)
+    hist = hist.filter(pl.col("pin").is_in(delta["targets"])) if hist.height else hist
+    files = {
+        "failure_trace.parquet": cdir / "failure_traces.parquet",
+        "diagnosis.json": json.dumps(diagnosis, indent=2, sort_keys=True).encode(),
+        "diagnosis.md": diagnosis_markdown(diagnosis).encode(),
+        "dataset_lineage.json": lineage_path,
+        "benchmark_delta.parquet": cdir / "benchmark_delta.parquet",
+        "benchmark_delta.md": delta_markdown(delta).encode(),
+        "integrity.json": json.dumps(record, indent=2, sort_keys=True).encode(),
+        "report.html": report_html(delta, diagnosis, hist, record).encode(),
+    }
+    summary = {"cycle": cycle_key, "candidate": delta["candidate"], "champion": delta["champion"],
+               "policy_digest": cycle["policy_digest"], "targets": delta["targets"],
+               "repaired": delta["repaired"], "flagged": delta["flagged"],
+               "offer_for_promotion": delta["offer_for_promotion"],
+               "candidate_passed_every_pin": not candidate_run["failed"], "created": record["finished"]}
+    attestations = predicates(home, cycle, diagnosis, delta, adapter, candidate_run, lineage, record)
+    return write_bundle(home / "bundles" / cycle_key, files, Path(adapter["path"]), attestations, summary, signer)

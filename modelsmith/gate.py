@@ -1,0 +1,152 @@
+"""The promotion gate: the only code that moves the champion, on a human's decision about one bundle.
+
+A decision names the approver, the decision (`approve`, `reject`, or `rollback` to an earlier
+champion), the digest of the bundle they reviewed and a note. The gate verifies the bundle with
+the signer's public key, refuses a digest that matches no bundle, a bundle already decided, a
+bundle built against another champion, and (to approve) a candidate that failed a pin or regressed
+another segment. Every decision is signed (an in-toto Statement with a SLSA verification-summary
+predicate, in a DSSE envelope), recorded under `HOME/decisions/`, and appended to the audit log
+before the champion record is replaced atomically.
+"""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from modelsmith import audit
+from modelsmith.atomic import write_bytes, write_text
+from modelsmith.model_dir import Registry, read_champion, short, write_champion
+
+DECISIONS = ("approve", "reject", "rollback")
+VSA = "https://slsa.dev/verification_summary/v1"
+GATE_ID = "https://modelsmith.dev/gate"
+
+
+class GateError(ValueError):
+    """A decision the gate refuses; the message says why."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    approver: str
+    decision: str
+    bundle_digest: str = ""
+    note: str = ""
+    rollback_to: str = ""  # a model version key or digest that was champion before (decision "rollback")
+
+
+def bundles(home: Path) -> list[tuple[str, Path]]:
+    """(digest, directory) of every bundle in the home, newest first."""
+    found = []
+    for envelope in Path(home).glob("bundles/*/bundle.dsse.json"):
+        found.append((envelope.stat().st_mtime, hashlib.sha256(envelope.read_bytes()).hexdigest(), envelope.parent))
+    return [(d, p) for _, d, p in sorted(found, reverse=True)]
+
+
+def decision_path(home: Path, digest: str) -> Path:
+    return Path(home) / "decisions" / f"{digest}.json"
+
+
+def pending(home: Path) -> str:
+    """The newest bundle offered for promotion and not yet decided ('' when there is none): the Launchpad's default."""
+    for digest, path in bundles(home):
+        if decision_path(home, digest).exists():
+            continue
+        if _summary_unverified(path).get("offer_for_promotion"):
+            return digest
+    return ""
+
+
+def _summary_unverified(bundle_dir: Path) -> dict:
+    """The bundle's summary predicate, read without verification: only to pre-fill the Launchpad."""
+    import base64
+
+    try:
+        envelope = json.loads((bundle_dir / "bundle.dsse.json").read_text())
+        return json.loads(base64.b64decode(envelope["payload"]))["predicate"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def decide(home: Path, decision: Decision, signer, run_id: str = "") -> dict:
+    """Apply one human decision; returns the decision record (also written under HOME/decisions/)."""
+    from modelsmith.attest import sign_statement, statement, verify_bundle
+
+    home = Path(home)
+    if not decision.approver.strip():
+        raise GateError("approver: name the person deciding")
+    if decision.decision not in DECISIONS:
+        raise GateError(f"decision: must be one of {list(DECISIONS)}, got {decision.decision!r}")
+    champion = read_champion(home)
+    before = champion.model_version if champion else None
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    if decision.decision == "rollback":
+        target, subject, summary, bundle_dir = _rollback_target(home, decision, before), None, {}, None
+        digest = hashlib.sha256(f"rollback:{target}:{now}".encode()).hexdigest()
+        subject = {"name": f"model_version/{short(target)}", "digest": {"sha256": target}}
+    else:
+        match = [p for d, p in bundles(home) if d == decision.bundle_digest]
+        if not decision.bundle_digest or not match:
+            raise GateError(f"bundle_digest: no bundle in {home / 'bundles'} has digest {decision.bundle_digest!r}")
+        digest, bundle_dir = decision.bundle_digest, match[0]
+        if decision_path(home, digest).exists():
+            prior = json.loads(decision_path(home, digest).read_text())
+            raise GateError(f"bundle {digest[:16]} was already decided: {prior['decision']} by {prior['approver']} "
+                            f"at {prior['at']}")
+        report = verify_bundle(bundle_dir, signer.public_key_pem())
+        if not report.ok:
+            raise GateError(f"bundle {digest[:16]} does not verify: " + "; ".join(report.errors))
+        if report.digest != digest:
+            raise GateError(f"bundle_digest: the bundle verifies as {report.digest}, not {digest}")
+        summary = report.statements["bundle.dsse.json"]["predicate"]
+        subject = {"name": "bundle.dsse.json", "digest": {"sha256": digest}}
+        target = summary["candidate"] if decision.decision == "approve" else before
+        if decision.decision == "approve":
+            if summary["champion"] != before:
+                raise GateError(f"bundle {digest[:16]} compares against champion {short(summary['champion'])}, but the "
+                                f"champion is now {short(before or '')}: re-pin and build a new bundle")
+            if not summary.get("candidate_passed_every_pin") or summary.get("flagged") or not summary.get(
+                    "offer_for_promotion"):
+                raise GateError(f"bundle {digest[:16]}: the candidate is not offered for promotion (failed a pin or "
+                                f"regressed another segment: flagged {summary.get('flagged')}, repaired "
+                                f"{summary.get('repaired')})")
+    predicate = {
+        "verifier": {"id": GATE_ID}, "timeVerified": now,
+        "resourceUri": str(bundle_dir) if bundle_dir else f"modelsmith:model_version/{short(target)}",
+        "policy": {"uri": f"modelsmith:policy/{summary.get('policy_digest', '')}",
+                   "digest": {"sha256": summary.get("policy_digest", "")}},
+        "inputAttestations": [{"uri": "bundle.dsse.json", "digest": {"sha256": digest}}] if bundle_dir else [],
+        "verificationResult": "FAILED" if decision.decision == "reject" else "PASSED",
+        "verifiedLevels": [],
+        "modelsmith": {"approver": decision.approver, "decision": decision.decision, "note": decision.note,
+                       "champion_before": before, "champion_after": target, "dagster_run_id": run_id},
+    }
+    envelope = sign_statement(statement([subject], VSA, predicate), signer)
+    out = Path(home) / "decisions"
+    write_bytes(out / f"{digest}.dsse.json", envelope)
+    record = {**asdict(decision), "bundle_digest": digest if bundle_dir else "", "at": now,
+              "champion_before": before, "champion_after": target, "attestation": str(out / f"{digest}.dsse.json"),
+              "attestation_sha256": hashlib.sha256(envelope).hexdigest(), "dagster_run_id": run_id}
+    write_text(decision_path(home, digest), json.dumps(record, indent=2))
+    audit.append(home, decision.decision, approver=decision.approver, bundle=record["bundle_digest"],
+                 champion_before=before, champion_after=target, attestation_sha256=record["attestation_sha256"],
+                 note=decision.note)
+    if decision.decision in ("approve", "rollback"):
+        write_champion(home, target, by=decision.approver,
+                       reason=f"{decision.decision} {('bundle ' + digest[:16]) if bundle_dir else ''}".strip())
+    return record
+
+
+def _rollback_target(home: Path, decision: Decision, current: str | None) -> str:
+    if not decision.rollback_to:
+        raise GateError("rollback_to: name the model version (key or digest) to roll back to")
+    earlier = [e["champion_after"] for e in audit.entries(home) if e["action"] in audit.MOVES and e.get("champion_after")]
+    version = Registry(home).find(decision.rollback_to)
+    if version is None or version.digest not in earlier:
+        raise GateError(f"rollback_to: {decision.rollback_to!r} was never champion here; earlier champions: "
+                        f"{sorted({short(d) for d in earlier})}")
+    if version.digest == current:
+        raise GateError(f"rollback_to: {short(version.digest)} is already the champion")
+    return version.digest

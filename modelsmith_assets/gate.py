@@ -1,0 +1,49 @@
+"""The human gate: `promotion`, launched from the Launchpad, is the only way the champion moves.
+
+The Launchpad of `promotion_job` is pre-filled with the newest undecided bundle's digest (read
+when the code location loads: reload it after a cycle). The approver, the decision and a note are
+the reviewer's to fill in.
+"""
+
+import dagster as dg
+from pydantic import Field
+
+from modelsmith.gate import DECISIONS, Decision, decide, pending
+from modelsmith.home import modelsmith_home
+from modelsmith.model_dir import short
+from resources.signer import SignerSettings
+from resources.storage import StorageEngine
+
+GROUP = "gate"
+
+
+class PromotionConfig(dg.Config):
+    approver: str = Field(description="Who decides (recorded and signed)")
+    decision: str = Field("approve", description=f"One of {list(DECISIONS)}")
+    bundle_digest: str = Field("", description="SHA-256 of the bundle.dsse.json you reviewed")
+    note: str = Field("", description="Why")
+    rollback_to: str = Field("", description="For a rollback: the earlier champion's version key or digest")
+
+
+@dg.asset(group_name=GROUP, kinds={"json"})
+def promotion(context: dg.AssetExecutionContext, config: PromotionConfig, storage: StorageEngine,
+              signer: SignerSettings) -> dg.MaterializeResult:
+    """A reviewer's decision on one evidence bundle: verified, signed, audited; on approval the champion moves."""
+    record = decide(storage.base(), Decision(config.approver, config.decision, config.bundle_digest, config.note,
+                                             config.rollback_to), signer.signer(), context.run_id)
+    context.log.info(f"{config.decision} by {config.approver}: champion {short(record['champion_before'] or '')} -> "
+                     f"{short(record['champion_after'] or '')}")
+    return dg.MaterializeResult(metadata={
+        "decision": config.decision, "approver": config.approver, "bundle_digest": record["bundle_digest"] or "none",
+        "champion_before": record["champion_before"] or "none", "champion_after": record["champion_after"] or "none",
+        "attestation": dg.MetadataValue.path(record["attestation"]), "note": config.note,
+    })
+
+
+def gate_defs() -> dg.Definitions:
+    """`promotion_job`, its Launchpad pre-filled with the pending bundle of this Modelsmith home."""
+    prefill = {"approver": "", "decision": "approve", "bundle_digest": pending(modelsmith_home()), "note": "",
+               "rollback_to": ""}
+    job = dg.define_asset_job("promotion_job", selection=[promotion], config={"ops": {"promotion": {"config": prefill}}},
+                              description="Approve, reject or roll back: the only way the champion moves")
+    return dg.Definitions(assets=[promotion], jobs=[job])
