@@ -1,13 +1,23 @@
-"""The default story through the user's own command: `modelsmith loop`.
+"""The default story through the user's own commands: `modelsmith loop`, then the gate.
 
 On policy v1 the default base model passes every pin; switch the active policy to v2 and the
 champion's re-pin regresses the Gaming pin (significantly, by the paired test) and no other. A
 repair cycle opens: the critic names Gaming and the layout signals, a targeted dataset with a
-replay buffer is synthesised and signed, a LoRA adapter is trained, and the candidate recovers
-Gaming without a significant drop anywhere else. This is the slowest test in the suite.
+replay buffer is synthesised and signed, a LoRA adapter is trained, the candidate recovers Gaming
+without a significant drop anywhere else, and a signed evidence bundle waits at the gate, where a
+reviewer approves it from the Launchpad (here: the same job and config through Dagster's GraphQL
+client against a running `dagster dev`). The story runs once per module; this is the slowest file.
 """
 
 import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -19,13 +29,7 @@ from modelsmith.model_dir import Registry, read_champion, short
 from modelsmith.pin_runs import history
 from scenario_data.policy import POLICIES_DIR, shipped_policy
 
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    home = tmp_path / "home"
-    monkeypatch.setenv("MODELSMITH_HOME", str(home))
-    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
-    return home
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _loop(*args: str) -> dict:
@@ -34,8 +38,27 @@ def _loop(*args: str) -> dict:
     return json.loads(result.output.strip().splitlines()[-1])
 
 
-def test_v1_passes_every_pin_and_v2_regresses_gaming_only(home, realdata):
-    v1 = _loop("--replay-dir", str(realdata / "openrtb"))
+@pytest.fixture(scope="module")
+def story(tmp_path_factory, realdata):
+    """v1 then v2 through `modelsmith loop`, once for the module: (home, v1 summary, v2 summary)."""
+    home = tmp_path_factory.mktemp("story") / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MODELSMITH_HOME", str(home))
+        mp.setenv("DAGSTER_HOME", str(home / "dagster"))
+        v1 = _loop("--replay-dir", str(realdata / "openrtb"))
+        v2 = _loop("--replay-dir", str(realdata / "openrtb"), "--policy", str(POLICIES_DIR / "v2.yaml"))
+    return home, v1, v2
+
+
+@pytest.fixture
+def home(story, monkeypatch):
+    monkeypatch.setenv("MODELSMITH_HOME", str(story[0]))
+    monkeypatch.setenv("DAGSTER_HOME", str(story[0] / "dagster"))
+    return story[0]
+
+
+def test_v1_passes_every_pin_and_v2_regresses_gaming_only(home, story):
+    _, v1, v2 = story
     assert v1["requests_in"] == 10_000 + 266 == v1["accepted"] + v1["quarantined"]
     assert v1["policy_digest"] == shipped_policy(1).digest
     assert (v1["regressed"], v1["failed"]) == ([], [])
@@ -44,12 +67,10 @@ def test_v1_passes_every_pin_and_v2_regresses_gaming_only(home, realdata):
     base = Registry(home).get(short(champion.model_version))
     assert base.kind == "base" and (home / "models" / "base").is_dir()
 
-    v2 = _loop("--replay-dir", str(realdata / "openrtb"), "--policy", str(POLICIES_DIR / "v2.yaml"))
     assert v2["policy_digest"] == shipped_policy(2).digest
     assert v2["champion"] == v1["champion"]  # pins never move the champion
     assert v2["regressed"] == ["Video Gaming/app"]
     assert v2["failed"] == []  # every other pin still passes
-    _repair_checks(home, v2)
 
     report = json.loads((home / "reports" / short(champion.model_version) / "regression_report.json").read_text())
     (gaming,) = report["regressed"]
@@ -71,7 +92,8 @@ def test_v1_passes_every_pin_and_v2_regresses_gaming_only(home, realdata):
     assert gaming.filter(gaming["model_version"] == champion.model_version)["passed"].to_list() == [True, False]
 
 
-def _repair_checks(home, v2: dict) -> None:
+def test_one_cycle_repairs_gaming_with_nothing_flagged(home, story):
+    v2 = story[2]
     cycle = v2["cycle"]
     assert cycle["success"], cycle
     assert cycle["repaired"] == ["Video Gaming/app"] and cycle["flagged"] == [] and cycle["offer_for_promotion"]
@@ -101,3 +123,123 @@ def _repair_checks(home, v2: dict) -> None:
     assert prove(home, rows["row_id"][0])["verified"]
     pins = pl.read_parquet(home / "replayed_auctions" / "replayed_auctions.parquet")
     assert not set(rows["request_id"]) & set(pins["request_id"])
+
+
+def _bundle(home: Path, story) -> Path:
+    return home / "bundles" / story[2]["cycle"]["id"]
+
+
+def test_the_evidence_bundle_verifies_offline_and_names_what_was_tampered(home, story, tmp_path):
+    bundle = _bundle(home, story)
+    names = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
+    assert {"failure_trace.parquet", "diagnosis.json", "diagnosis.md", "dataset_lineage.json", "benchmark_delta.parquet",
+            "benchmark_delta.md", "integrity.json", "report.html", "bundle.dsse.json", "adapter/adapter_config.json",
+            "adapter/adapter_model.safetensors", "attestations/pins.dsse.json",
+            "attestations/training_provenance.dsse.json"} <= names
+    report = (bundle / "report.html").read_text()
+    assert report.count("<svg") == 3 and "OFFERED FOR PROMOTION" in report
+    integrity = json.loads((bundle / "integrity.json").read_text())
+    assert integrity["digests"]["adapter"] == story[2]["cycle"]["candidate"] and integrity["dagster_runs"]["adapter"]
+    key = home / "keys" / "ed25519.pub"
+    private = (home / "keys" / "ed25519.key").read_bytes()
+    assert not any(private.strip().splitlines()[1] in (bundle / n).read_bytes() for n in names)  # no private key
+
+    ok = CliRunner().invoke(main, ["bundle", "verify", str(bundle.with_suffix(".tar")), "--public-key", str(key)])
+    assert ok.exit_code == 0 and ok.output.startswith("OK "), ok.output
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    page = bytearray((copy / "report.html").read_bytes())
+    page[100] ^= 1
+    (copy / "report.html").write_bytes(bytes(page))
+    bad = CliRunner().invoke(main, ["bundle", "verify", str(copy), "--public-key", str(key)])
+    assert bad.exit_code == 1 and "report.html: sha256 mismatch" in bad.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dagster_dev(home):
+    """`dagster dev` on this home, in its own process group (it ignores SIGTERM otherwise), stopped after."""
+    port = _free_port()
+    env = {**os.environ, "MODELSMITH_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    log = open(home / "dagster-dev.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
+                             "-p", str(port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("dagster dev did not start: " + (home / "dagster-dev.log").read_text()[-2000:])
+                time.sleep(1)
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def _launch(client, config: dict) -> str:
+    """Submit promotion_job as the Launchpad does, retrying while the code location is still loading."""
+    from dagster_graphql import DagsterGraphQLClientError
+
+    deadline = time.time() + 120
+    while True:
+        try:
+            run_id = client.submit_job_execution("promotion_job", run_config={"ops": {"promotion": {"config": config}}})
+            break
+        except DagsterGraphQLClientError:
+            if time.time() > deadline:
+                raise
+            time.sleep(2)
+    while (status := client.get_run_status(run_id)) not in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE,
+                                                            dg.DagsterRunStatus.CANCELED):
+        time.sleep(1)
+    return status
+
+
+def test_promotion_from_the_launchpad_moves_the_champion_and_nothing_else_can(home, story, dagster_dev):
+    from dagster_graphql import DagsterGraphQLClient
+
+    from modelsmith.gate import pending
+    from modelsmith_assets.definitions import build_definitions
+
+    digest = (_bundle(home, story) / "bundle.dsse.json").read_bytes()
+    import hashlib
+
+    digest = hashlib.sha256(digest).hexdigest()
+    assert pending(home) == digest
+    prefill = build_definitions().resolve_job_def("promotion_job").run_config["ops"]["promotion"]["config"]
+    assert prefill["bundle_digest"] == digest and prefill["approver"] == ""  # the Launchpad's default
+
+    client = DagsterGraphQLClient("127.0.0.1", port_number=dagster_dev)
+    before = read_champion(home).model_version
+    wrong = _launch(client, {"approver": "ana", "decision": "approve", "bundle_digest": "0" * 64, "note": ""})
+    assert wrong == dg.DagsterRunStatus.FAILURE and read_champion(home).model_version == before
+
+    approved = _launch(client, {"approver": "ana", "decision": "approve", "bundle_digest": digest, "note": "fixes Gaming"})
+    assert approved == dg.DagsterRunStatus.SUCCESS
+    champion = read_champion(home)
+    assert champion.model_version == story[2]["cycle"]["candidate"] and champion.by == "ana"
+    again = _launch(client, {"approver": "bo", "decision": "approve", "bundle_digest": digest, "note": ""})
+    assert again == dg.DagsterRunStatus.FAILURE  # a bundle is decided once
+    decision = json.loads((home / "decisions" / f"{digest}.json").read_text())
+    assert decision["approver"] == "ana" and decision["dagster_run_id"]
+
+    assert CliRunner().invoke(main, ["audit", "verify"]).exit_code == 0
+    log = home / "audit.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([*lines[:-1], lines[-1].replace('"ana"', '"eve"')]) + "\n")
+    tampered = CliRunner().invoke(main, ["audit", "verify"])
+    assert tampered.exit_code == 1 and "digest does not match" in tampered.output
