@@ -71,7 +71,7 @@ def ingest(paths: tuple[Path, ...], output: Path, domain_lists: tuple[Path, ...]
 @click.option("--replay-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Real replay files to ingest with the pack (default: MODELSMITH_HOME/replay)")
 @click.option("--policy", "policy_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="The active ground-truth policy (default: the shipped policy v1)")
+              help="Activate this policy first (as `modelsmith policy activate` does)")
 def loop(as_json: bool, replay_dir: str | None, policy_path: str | None) -> None:
     """Run the main job on the embedded defaults, in one process, with the same Dagster definitions.
 
@@ -84,7 +84,9 @@ def loop(as_json: bool, replay_dir: str | None, policy_path: str | None) -> None
 
     defs = build_definitions("embedded")
     home = modelsmith_home()
-    config = {k: str(Path(v).resolve()) for k, v in (("replay_dir", replay_dir), ("policy_path", policy_path)) if v}
+    if policy_path:
+        _activate(Path(policy_path), home)
+    config = {"replay_dir": str(Path(replay_dir).resolve())} if replay_dir else {}
     with _instance(home) as instance:
         for job_name, run_config in (("materialize_scenarios_job", {"resources": {"scenarios": {"config": config}}}),
                                      ("build_base_model_job", {})):
@@ -246,6 +248,30 @@ def lineage_prove(row_id: str, home: Path | None, cycle: str | None, as_json: bo
                    f"verified: {'yes' if result['verified'] else 'no'}")
     if not result["verified"]:
         sys.exit(1)
+
+
+@main.group()
+def policy() -> None:
+    """The active ground-truth policy."""
+
+
+def _activate(path: Path, home: Path) -> str:
+    from modelsmith.atomic import write_bytes
+
+    active = _policy(str(path))  # refuses a malformed policy before it becomes active
+    write_bytes(home / "policy.yaml", path.read_bytes())
+    return active.digest
+
+
+@policy.command("activate")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def policy_activate(path: Path) -> None:
+    """Make PATH the active policy (copied to MODELSMITH_HOME/policy.yaml); the scenario sensor re-pins the champion."""
+    from modelsmith.home import modelsmith_home
+
+    home = modelsmith_home()
+    digest = _activate(path, home)
+    click.echo(f"active policy: {path} ({digest[:16]}) -> {home / 'policy.yaml'}")
 
 
 @main.group()

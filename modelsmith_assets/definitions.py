@@ -5,18 +5,19 @@ import os
 import dagster as dg
 
 from modelsmith.pins import load_pins
-from modelsmith_assets import gate, model, repair, scenarios
+from modelsmith_assets import automation, gate, model, repair, scenarios
 from resources import resources_for
 
 
 def build_definitions(env: str = "embedded", pins_path: str | None = None) -> dg.Definitions:
     """`pins_path` (default `MODELSMITH_PINS`, else the shipped pins) names the pin file whose pins become checks."""
     pins = load_pins(pins_path or os.environ.get("MODELSMITH_PINS") or None)
+    stages = [scenarios.defs, model.build_model_defs(pins, deps=[scenarios.replayed_auctions]),
+              repair.build_repair_defs(pins), gate.gate_defs()]
+    jobs = {j.name: j for stage in stages for j in (stage.jobs or [])}
     return dg.Definitions.merge(
-        scenarios.defs,
-        model.build_model_defs(pins, deps=[scenarios.replayed_auctions]),
-        repair.build_repair_defs(pins),
-        gate.gate_defs(),
+        *stages,
+        automation.automation_defs(jobs),
         dg.Definitions(resources=resources_for(env)),
     )
 

@@ -140,7 +140,8 @@ def build_model_defs(pins: PinSet, deps: list) -> dg.Definitions:
         run_dir, _ = done[-1]
         report = regression_report_for(run_dir, pins)
         champion = read_champion(home)
-        path = storage.put_json(f"reports/{version.key}/regression_report.json", report)
+        storage.put_json(f"reports/{version.key}/regression_report.json", report)  # the latest, for people
+        path = storage.put_json(f"reports/{version.key}/{run_dir.name}.json", report)  # this run's, for the sensor
         table = pl.DataFrame(report["regressed"]) if report["regressed"] else None
         return dg.MaterializeResult(
             metadata={

@@ -19,8 +19,14 @@ GROUP = "scenarios"
 def policy(scenarios: ScenarioSettings, storage: StorageEngine) -> dg.MaterializeResult:
     """The active ground-truth policy, validated; its identity is the SHA-256 of its canonical form."""
     active = scenarios.load_policy()
-    record = {"digest": active.digest, "name": active.name, "version": active.version, "path": active.source,
-              "canonical": active.canonical()}
+    # A copy per digest: cycles and bundles name the policy by digest long after another is activated.
+    copy = storage.path("policies", f"{active.digest}.yaml")
+    if not copy.exists():
+        from modelsmith.atomic import write_bytes
+
+        write_bytes(copy, Path(active.source).read_bytes())
+    record = {"digest": active.digest, "name": active.name, "version": active.version, "path": str(copy),
+              "activated_from": active.source, "canonical": active.canonical()}
     storage.put_json(f"policies/{active.digest}.json", record)
     storage.put_json("policies/active.json", record)
     rules = "\n".join(f"| {r.name} | {r.decision} | {'all' if r.at_least is None else f'>= {r.at_least}'} "

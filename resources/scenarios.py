@@ -5,14 +5,22 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from modelsmith.home import modelsmith_home
 from scenario_data.policy import POLICIES_DIR, Policy, load_policy
+
+
+def active_policy_path(home: Path) -> Path:
+    """The policy the loop labels with: HOME/policy.yaml once one was activated, else the shipped v1."""
+    activated = Path(home) / "policy.yaml"
+    return activated if activated.is_file() else POLICIES_DIR / "v1.yaml"
 from scenario_data.taxonomy import REFERENCE, load_domain_lists
 
 
 class ScenarioSettings(dg.ConfigurableResource):
     """The scenario stage's knobs; `policy_path` names the active policy file."""
 
-    policy_path: str = Field(str(POLICIES_DIR / "v1.yaml"), description="The active ground-truth policy (YAML)")
+    policy_path: str = Field("", description="The active ground-truth policy (YAML); empty: HOME/policy.yaml "
+                                             "(`modelsmith policy activate FILE`), else the shipped policy v1")
     replay_dir: str = Field("", description="Real replay files (JSON, JSONL, gzip'd JSONL, Parquet); default HOME/replay")
     pack_size: int = Field(10_000, description="Requests in the generated default scenario pack")
     pack_seed: int = Field(0, description="Seed of the generated default scenario pack")
@@ -20,8 +28,11 @@ class ScenarioSettings(dg.ConfigurableResource):
         default_factory=list, description="Extra brand-safety domain list files or directories (one domain a line)"
     )
 
+    def active_policy_path(self) -> Path:
+        return Path(self.policy_path) if self.policy_path else active_policy_path(modelsmith_home())
+
     def load_policy(self) -> Policy:
-        return load_policy(self.policy_path)
+        return load_policy(self.active_policy_path())
 
     def replay_path(self, home: Path) -> Path:
         path = Path(self.replay_dir).expanduser() if self.replay_dir else home / "replay"

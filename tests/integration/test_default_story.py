@@ -165,7 +165,9 @@ def _free_port() -> int:
 def dagster_dev(home):
     """`dagster dev` on this home, in its own process group (it ignores SIGTERM otherwise), stopped after."""
     port = _free_port()
-    env = {**os.environ, "MODELSMITH_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    # Sensors stopped: this test is about the gate; the daemon-driven loop has its own test.
+    env = {**os.environ, "MODELSMITH_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"),
+           "MODELSMITH_SENSORS": "stopped"}
     log = open(home / "dagster-dev.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
                              "-p", str(port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,

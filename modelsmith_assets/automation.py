@@ -1,0 +1,128 @@
+"""Sensors and the schedule that close the loop, running by default when `dagster dev` starts.
+
+- `scenario_change_sensor`: a new active policy digest or new/changed replay files re-run the
+  scenario stage (run key = the fingerprint, so each change runs once).
+- `champion_repin_sensor`: every new `replayed_auctions` (or `base_model`) materialisation re-pins
+  the champion's partition; with no champion yet it builds the base model first.
+- `pin_regression_sensor`: a champion `regression_report` with regressed pins opens a repair cycle
+  (its dynamic partition) and launches `repair_cycle_job` for it, once (run key = cycle id). The
+  report lists only pins the paired test confirmed, so noise opens nothing.
+- `nightly_repin`: 03:00 every day, the scenario stage; the repin sensor follows.
+
+Each decision is a plain function over the instance and the home, which tests call directly.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from modelsmith.cycles import CYCLES, open_cycle
+from modelsmith.model_dir import read_champion, short
+from resources.scenarios import ScenarioSettings
+from resources.storage import StorageEngine
+
+def _default_status() -> dg.DefaultSensorStatus:
+    """Running unless MODELSMITH_SENSORS=stopped (a UI session that should only watch)."""
+    stopped = os.environ.get("MODELSMITH_SENSORS", "running") == "stopped"
+    return dg.DefaultSensorStatus.STOPPED if stopped else dg.DefaultSensorStatus.RUNNING
+
+
+SCENARIOS_JOB, BASE_JOB, PIN_JOB, REPAIR_JOB = ("materialize_scenarios_job", "build_base_model_job",
+                                                "pin_model_version_job", "repair_cycle_job")
+
+
+def replay_fingerprint(replay_dir: Path) -> str:
+    """Names, sizes and modification times of every replay file: changes when a file lands or changes."""
+    entries = sorted((str(p.relative_to(replay_dir)), p.stat().st_size, p.stat().st_mtime_ns)
+                     for p in Path(replay_dir).rglob("*") if p.is_file())
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
+def scenario_fingerprint(scenarios: ScenarioSettings, home: Path) -> str:
+    policy = scenarios.load_policy().digest
+    return hashlib.sha256(f"{policy}:{replay_fingerprint(scenarios.replay_path(home))}".encode()).hexdigest()
+
+
+@dg.sensor(job_name=SCENARIOS_JOB, default_status=_default_status(), minimum_interval_seconds=30)
+def scenario_change_sensor(context: dg.SensorEvaluationContext, scenarios: ScenarioSettings, storage: StorageEngine):
+    """Re-run the scenario stage when the active policy or the replay files change."""
+    fingerprint = scenario_fingerprint(scenarios, storage.base())
+    if context.cursor == fingerprint:
+        return dg.SkipReason("policy and replay files unchanged")
+    context.update_cursor(fingerprint)
+    return dg.RunRequest(run_key=f"scenarios-{fingerprint[:16]}", tags={"modelsmith/trigger": "scenario change"})
+
+
+def _new_materializations(instance: dg.DagsterInstance, asset: str, after: int) -> list:
+    return instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), after_storage_id=after), limit=100, ascending=True).records
+
+
+def repin_requests(instance: dg.DagsterInstance, home: Path, cursor: int) -> tuple[list[dg.RunRequest], int]:
+    """Run requests for new scenario or base-model materialisations after `cursor`, and the new cursor."""
+    records = _new_materializations(instance, "replayed_auctions", cursor) + _new_materializations(
+        instance, "base_model", cursor)
+    if not records:
+        return [], cursor
+    latest = max(r.storage_id for r in records)
+    champion = read_champion(home)
+    if champion is None:
+        if not any(r.asset_key == dg.AssetKey("base_model") for r in records):
+            return [dg.RunRequest(job_name=BASE_JOB, run_key=f"bootstrap-{latest}")], latest
+        return [], latest
+    if not instance.fetch_materializations(dg.AssetKey("replayed_auctions"), limit=1).records:
+        return [], latest
+    key = short(champion.model_version)
+    return [dg.RunRequest(job_name=PIN_JOB, partition_key=key, run_key=f"repin-{key}-{latest}",
+                          tags={"modelsmith/trigger": "new scenarios or base model"})], latest
+
+
+def regression_requests(instance: dg.DagsterInstance, home: Path, cursor: int):
+    """(cycle ids to add, run requests, new cursor) for new champion regression reports after `cursor`."""
+    records = _new_materializations(instance, "regression_report", cursor)
+    cycles, requests = [], []
+    for record in records:
+        meta = record.asset_materialization.metadata
+        if meta["regressed"].value == 0 or not meta["is_champion"].value:
+            continue
+        champion = read_champion(home)
+        report = json.loads(Path(meta["path"].value).read_text())
+        if champion is None or report["model_version"] != champion.model_version:
+            continue  # the champion moved since: this report no longer describes it
+        cycle = open_cycle(home, report)
+        cycles.append(cycle)
+        requests.append(dg.RunRequest(job_name=REPAIR_JOB, partition_key=cycle, run_key=f"cycle-{cycle}",
+                                      tags={"modelsmith/trigger": "pin regression", "modelsmith/cycle": cycle}))
+    latest = max((r.storage_id for r in records), default=cursor)
+    return cycles, requests, latest
+
+
+def automation_defs(jobs: dict) -> dg.Definitions:
+    """`jobs`: the code location's jobs by name (the sensors launch them)."""
+
+    @dg.sensor(jobs=[jobs[PIN_JOB], jobs[BASE_JOB]], default_status=_default_status(),
+               minimum_interval_seconds=30)
+    def champion_repin_sensor(context: dg.SensorEvaluationContext, storage: StorageEngine):
+        """Re-pin the champion after new replayed auctions or a new base model (building the base first if needed)."""
+        requests, cursor = repin_requests(context.instance, storage.base(), int(context.cursor or 0))
+        context.update_cursor(str(cursor))
+        return requests or dg.SkipReason("no new scenarios or base model")
+
+    @dg.sensor(job_name=REPAIR_JOB, default_status=_default_status(), minimum_interval_seconds=30)
+    def pin_regression_sensor(context: dg.SensorEvaluationContext, storage: StorageEngine):
+        """Open a repair cycle for each new champion regression, and launch its chain once."""
+        cycles, requests, cursor = regression_requests(context.instance, storage.base(), int(context.cursor or 0))
+        context.update_cursor(str(cursor))
+        if not requests:
+            return dg.SkipReason("no new regression of the champion")
+        context.instance.add_dynamic_partitions(CYCLES, cycles)  # idempotent; before the runs that need them
+        return requests
+
+    nightly_repin = dg.ScheduleDefinition(name="nightly_repin", cron_schedule="0 3 * * *", job_name=SCENARIOS_JOB,
+                                          default_status=dg.DefaultScheduleStatus(_default_status().value),
+                                          description="Re-ingest everything at 03:00; the repin sensor re-pins the champion")
+    return dg.Definitions(sensors=[scenario_change_sensor, champion_repin_sensor, pin_regression_sensor],
+                          schedules=[nightly_repin])

@@ -1,0 +1,94 @@
+"""The sensors, evaluated tick by tick against a test instance (no daemon)."""
+
+import json
+
+import dagster as dg
+import pytest
+
+from modelsmith.model_dir import read_champion, short
+from modelsmith_assets.automation import scenario_change_sensor
+from modelsmith_assets.definitions import build_definitions
+from resources import InferenceSettings, LocalStorage, ModelSettings, ScenarioSettings
+from scenario_data.policy import POLICIES_DIR
+from tests.unit.model.test_inference import model_dir, rows  # noqa: F401  (fixtures)
+
+
+@pytest.fixture
+def world(tmp_path, model_dir, monkeypatch):  # noqa: F811
+    home = tmp_path / "home"
+    monkeypatch.setenv("MODELSMITH_HOME", str(home))
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    resources = {"storage": LocalStorage(root=str(home)),
+                 "scenarios": ScenarioSettings(replay_dir=str(replay), pack_size=200),
+                 "model": ModelSettings(base_model_dir=str(model_dir)), "inference": InferenceSettings(batch_size=32)}
+    defs = build_definitions("embedded")
+    return home, replay, resources, defs, dg.DagsterInstance.ephemeral()
+
+
+def _tick(defs, name: str, instance, resources, cursor=None):
+    sensor = defs.resolve_sensor_def(name)
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources, definitions=defs)
+    with dg.partition_loading_context(dynamic_partitions_store=instance):  # as the daemon evaluates a tick
+        return sensor.evaluate_tick(ctx)
+
+
+def _run(defs, job: str, instance, resources, partition_key=None):
+    result = defs.resolve_job_def(job).execute_in_process(instance=instance, resources=resources, partition_key=partition_key)
+    assert result.success
+    return result
+
+
+def test_scenario_changes_rerun_the_scenario_stage_once_each(world):
+    home, replay, resources, defs, instance = world
+    first = _tick(defs, "scenario_change_sensor", instance, resources)
+    assert [r.job_name or "materialize_scenarios_job" for r in first.run_requests] == ["materialize_scenarios_job"]
+    assert not _tick(defs, "scenario_change_sensor", instance, resources, first.cursor).run_requests  # unchanged
+    (replay / "new.jsonl").write_text("{}\n")
+    landed = _tick(defs, "scenario_change_sensor", instance, resources, first.cursor)
+    assert len(landed.run_requests) == 1 and landed.run_requests[0].run_key != first.run_requests[0].run_key
+    (home / "policy.yaml").write_bytes((POLICIES_DIR / "v2.yaml").read_bytes())  # `modelsmith policy activate`
+    policy = _tick(defs, "scenario_change_sensor", instance, resources, landed.cursor)
+    assert len(policy.run_requests) == 1
+    assert scenario_change_sensor  # the same object the definitions carry
+
+
+def test_new_scenarios_build_the_base_then_repin_the_champion_and_a_regression_opens_one_cycle(world):
+    home, _, resources, defs, instance = world
+    _run(defs, "materialize_scenarios_job", instance, resources)
+    boot = _tick(defs, "champion_repin_sensor", instance, resources)
+    assert [r.job_name for r in boot.run_requests] == ["build_base_model_job"]  # no champion yet
+    _run(defs, "build_base_model_job", instance, resources)
+    repin = _tick(defs, "champion_repin_sensor", instance, resources, boot.cursor)
+    key = short(read_champion(home).model_version)
+    assert [(r.job_name, r.partition_key) for r in repin.run_requests] == [("pin_model_version_job", key)]
+    assert not _tick(defs, "champion_repin_sensor", instance, resources, repin.cursor).run_requests
+
+    _run(defs, "pin_model_version_job", instance, resources, partition_key=key)
+    quiet = _tick(defs, "pin_regression_sensor", instance, resources)
+    assert not quiet.run_requests  # the tiny model passes its (lenient) reference: nothing regressed
+
+    # A regression report of the champion, as the pin job writes it, with one confirmed regression.
+    run_dir = next((home / "pins" / key).iterdir())
+    report = {"model_version": read_champion(home).model_version, "policy_digest": "p" * 64, "scenarios_digest": "s" * 64,
+              "run_dir": str(run_dir), "regressed": [{"pin": "Video Gaming/app", "drop": 0.19, "p_value": 1e-20,
+                                                      "failing_row_ids": ["r1"]}], "failed": []}
+    path = home / "reports" / key / "crafted.json"
+    path.write_text(json.dumps(report))
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        "regression_report", partition=key, metadata={"regressed": 1, "failed": 0, "is_champion": True,
+                                                       "path": dg.MetadataValue.path(str(path))}))
+    opened = _tick(defs, "pin_regression_sensor", instance, resources, quiet.cursor)
+    (request,) = opened.run_requests
+    assert request.job_name == "repair_cycle_job" and request.run_key == f"cycle-{request.partition_key}"
+    assert request.partition_key in instance.get_dynamic_partitions("repair_cycles")
+    assert (home / "cycles" / request.partition_key / "cycle.json").exists()
+    assert not _tick(defs, "pin_regression_sensor", instance, resources, opened.cursor).run_requests  # once
+    replay = _tick(defs, "pin_regression_sensor", instance, resources, quiet.cursor)  # a re-evaluated tick
+    assert [r.run_key for r in replay.run_requests] == [request.run_key]  # same run key: Dagster runs it once
+
+
+def test_the_nightly_schedule_reingests_at_three():
+    schedule = build_definitions("embedded").resolve_schedule_def("nightly_repin")
+    assert schedule.cron_schedule == "0 3 * * *" and schedule.job_name == "materialize_scenarios_job"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
