@@ -23,7 +23,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -43,7 +43,8 @@ def write_with(target: str | os.PathLike[str], writer: Callable[[Path], None]) -
         writer(tmp)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in `path` durable (the directory's own metadata)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -95,7 +95,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from securesystemslib.dsse import Envelope
 from securesystemslib.signer import Key, Signature, Signer, SSlibKey
 
-from modelsmith.atomic import write_bytes, write_text, write_with
+from modelsmith.atomic import fsync_dir, write_bytes, write_text, write_with
 from modelsmith.lineage import canonical_json
 from resources.signer import key_id_for
 
@@ -337,7 +337,7 @@ def write_bundle(out_dir: Path, files: dict[str, bytes | Path], adapter_dir: Pat
         write_bytes(tmp / BUNDLE_FILE, sign_statement(statement(everything, BUNDLE_PREDICATE_TYPE, summary), signer))
         for d in (tmp / ADAPTER_DIR, tmp / ATTESTATIONS_DIR, tmp):
             if d.is_dir():
-                _fsync_dir(d)
+                fsync_dir(d)
         try:
             os.rename(tmp, out_dir)  # replaces only an empty directory; the check above refuses that too
         except OSError as e:
@@ -345,7 +345,7 @@ def write_bundle(out_dir: Path, files: dict[str, bytes | Path], adapter_dir: Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(out_dir.parent)
+    fsync_dir(out_dir.parent)
     write_tar(out_dir, tar_path)
     digests = {rel: _sha256_file(out_dir / rel) for rel in _walk(out_dir)}
     return BundleInfo(path=out_dir, tar=tar_path, digest=digests[BUNDLE_FILE], files=digests)
@@ -429,14 +429,6 @@ def _walk(root: Path) -> list[str]:
 def _sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- verifying ---
