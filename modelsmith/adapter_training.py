@@ -34,7 +34,7 @@ class LoraSettings:
 @dataclass
 class SftSettings:
     learning_rate: float = 3e-3
-    epochs: int = 6
+    epochs: int = 10
     batch_size: int = 32
     scheduler: str = "cosine"
     warmup_steps: int = 5

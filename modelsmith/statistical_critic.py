@@ -56,7 +56,7 @@ class StatisticalCritic:
     name = "statistical"
 
     def __init__(self, rows_per_failure: int = 20, min_rows: int = 500, max_rows: int = 2_000, replay_ratio: float = 1.5,
-                 contrast_share: float = 0.15, stages: tuple[str, ...] = ("sft",)):
+                 contrast_share: float = 0.3, stages: tuple[str, ...] = ("sft",)):
         self.rows_per_failure, self.min_rows, self.max_rows = rows_per_failure, min_rows, max_rows
         self.replay_ratio, self.contrast_share, self.stages = replay_ratio, contrast_share, stages
 

@@ -131,6 +131,19 @@ def synthesise(spec: SynthesisSpec, policy: Policy, seed: int, pin_scenarios: pl
     return SynthesisResult(rows, generated, by_id, by_content)
 
 
+def synthesis_seed(policy_digest: str, diagnosis) -> int:
+    """The generator seed of a cycle's dataset: a function of what is asked (policy, spec, implicated values).
+
+    Not of the cycle id or the critic's provenance, so the same regression diagnosed the same way
+    gets the same rows, and (training being seeded) the same adapter.
+    """
+    asked = {"policy": policy_digest, "synthesis": {"filters": diagnosis.synthesis.filters, "rows": diagnosis.synthesis.rows,
+                                                    "replay_ratio": diagnosis.synthesis.replay_ratio,
+                                                    "contrast_share": diagnosis.synthesis.contrast_share},
+             "implicated": sorted((f.feature, sorted(f.values)) for f in diagnosis.features if f.values)}
+    return int(hashlib.sha256(json.dumps(asked, sort_keys=True, default=str).encode()).hexdigest()[:8], 16)
+
+
 def check_disjoint(rows: pl.DataFrame, pin_scenarios: pl.DataFrame) -> dict[str, int]:
     """How many training rows share a request id or content with a pin scenario (both must be 0)."""
     same_id = rows["request_id"].is_in(pin_scenarios["request_id"].to_list()).sum()

@@ -20,7 +20,7 @@ from modelsmith.evaluate import markdown_table
 from modelsmith.model_dir import Registry, read_champion
 from modelsmith.pin_runs import pin, reference_for, store
 from modelsmith.pins import PinSet
-from modelsmith.synthesis import check_disjoint, synthesise
+from modelsmith.synthesis import check_disjoint, synthesis_seed, synthesise
 from modelsmith.traces import ATTR_PREFIX, failure_traces
 from modelsmith_assets.model import _engine_for, _labelled
 from resources.critic import CriticSettings
@@ -121,7 +121,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         diag = diagnosis_from_dict(storage.get_json(f"cycles/{key}/diagnosis.json"))
         policy = _policy_of_cycle(storage, read_cycle(home, key))
         pin_scenarios, _ = _labelled(storage)
-        seed = int(diag.digest[:8], 16)
+        seed = synthesis_seed(policy.digest, diag)
         implicated = {f.feature: f.values for f in diag.features if f.values}
         result = synthesise(diag.synthesis, policy, seed, pin_scenarios, implicated)
         rows = result.rows

@@ -13,7 +13,7 @@ class TrainerSettings(dg.ConfigurableResource):
     lora_alpha: int = Field(16, description="LoRA alpha")
     target_modules: str = Field("all-linear", description="peft target modules ('all-linear' or comma-separated names)")
     learning_rate: float = Field(3e-3, description="SFT learning rate (cosine schedule)")
-    epochs: int = Field(6, description="SFT epochs; the best epoch on the held-out slice is kept")
+    epochs: int = Field(10, description="SFT epochs; the best epoch on the held-out slice is kept")
     batch_size: int = Field(32, description="SFT batch size")
     seed: int = Field(0, description="Training seed")
     heldout_fraction: float = Field(0.1, description="Share of the synthetic rows held out for early stopping")
