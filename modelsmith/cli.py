@@ -71,42 +71,44 @@ def ingest(paths: tuple[Path, ...], output: Path, domain_lists: tuple[Path, ...]
 @click.option("--replay-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Real replay files to ingest with the pack (default: MODELSMITH_HOME/replay)")
 @click.option("--policy", "policy_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Activate this policy first (as `modelsmith policy activate` does)")
+              help="One pass under this policy (activated first) instead of the v1 -> v2 story")
 def loop(as_json: bool, replay_dir: str | None, policy_path: str | None) -> None:
-    """Run the main job on the embedded defaults, in one process, with the same Dagster definitions.
-
-    Scenarios, then the base model (built once, then reused), then the champion's pins and its
-    regression report (partition = the champion's version key).
+    """Run the default story headless and stop at the gate: v1 (every pin passes), then v2 (Gaming
+    regresses, a repair cycle writes a signed bundle). Same Dagster definitions, one process.
     """
+    from modelsmith.headless import LoopError, autonomy_rate, base_model_summary, run_pass
     from modelsmith.home import modelsmith_home
-    from modelsmith.model_dir import read_champion, short
     from modelsmith_assets.definitions import build_definitions
+    from scenario_data.policy import POLICIES_DIR
 
-    defs = build_definitions("embedded")
     home = modelsmith_home()
-    if policy_path:
-        _activate(Path(policy_path), home)
-    config = {"replay_dir": str(Path(replay_dir).resolve())} if replay_dir else {}
+    defs = build_definitions("embedded")
+    passes = [Path(policy_path)] if policy_path else [POLICIES_DIR / "v1.yaml", POLICIES_DIR / "v2.yaml"]
+    results = []
     with _instance(home) as instance:
-        for job_name, run_config in (("materialize_scenarios_job", {"resources": {"scenarios": {"config": config}}}),
-                                     ("build_base_model_job", {})):
-            result = defs.resolve_job_def(job_name).execute_in_process(instance=instance, run_config=run_config)
-            if not result.success:
-                raise click.ClickException(f"{job_name} failed; see the log above")
-        champion = read_champion(home)
-        pinned = defs.resolve_job_def("pin_model_version_job").execute_in_process(
-            instance=instance, partition_key=short(champion.model_version), raise_on_error=False)
-        if not pinned.success:
-            raise click.ClickException("pin_model_version_job failed; see the log above")
-        report = json.loads((home / "reports" / short(champion.model_version) / "regression_report.json").read_text())
-        cycle = _repair(defs, instance, home, report) if report["regressed"] else None
+        for n, path in enumerate(passes, start=1):
+            digest = _activate(path, home)
+            click.echo(f"[{n}/{len(passes)}] policy {path.name} ({digest[:12]}) is active", err=True)
+            try:
+                results.append(run_pass(defs, instance, home, replay_dir,
+                                        lambda m, n=n: click.echo(f"[{n}/{len(passes)}] {m}", err=True)))
+            except LoopError as e:
+                raise click.ClickException(str(e)) from None
+        rate = autonomy_rate(instance, home)
+    last = results[-1]
     summary = {"home": str(home), **json.loads((home / "replayed_auctions" / "summary.json").read_text())}
     summary.pop("files", None)
-    summary |= {"champion": champion.model_version, "composite": report["composite"],
-                "regressed": [p["pin"] for p in report["regressed"]], "failed": [p["pin"] for p in report["failed"]]}
-    if cycle is not None:
-        summary["cycle"] = cycle
-    click.echo(json.dumps(summary) if as_json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
+    summary |= base_model_summary(home) | last | {"autonomy_rate": rate}
+    summary.setdefault("verdict", "no regression: every pin holds, nothing to repair")
+    summary["passes"] = [{k: r.get(k) for k in ("policy_digest", "regressed", "failed", "cycle", "verdict")}
+                         for r in results]
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        for key in ("base_model_digest", "champion", "regressed", "cycle", "hypothesis", "adapter_digest", "bundle_path",
+                    "bundle_digest", "verdict", "next_step", "time_to_detect_s", "cycle_time_s", "autonomy_rate"):
+            if summary.get(key) is not None:
+                click.echo(f"{key}: {summary[key]}")
 
 
 @main.group()
@@ -293,26 +295,6 @@ def audit_verify(home: Path | None) -> None:
     click.echo(f"{'OK' if report.ok else 'FAILED'}: {report.entries} audit entries")
     if not report.ok:
         sys.exit(1)
-
-
-def _repair(defs, instance, home: Path, report: dict) -> dict:
-    """Open a repair cycle for a regressed report and run the chain once (the sensor's job, in-process)."""
-    from modelsmith.cycles import CYCLES, cycle_dir, open_cycle
-
-    key = open_cycle(home, report)
-    instance.add_dynamic_partitions(CYCLES, [key])
-    result = defs.resolve_job_def("repair_cycle_job").execute_in_process(instance=instance, partition_key=key,
-                                                                         raise_on_error=False)
-    out: dict = {"id": key, "success": result.success}
-    delta_path = cycle_dir(home, key) / "benchmark_delta.json"
-    if delta_path.exists():
-        delta = json.loads(delta_path.read_text())
-        out |= {k: delta[k] for k in ("candidate", "repaired", "not_repaired", "flagged", "offer_for_promotion",
-                                      "composite_before", "composite_after")}
-    diagnosis_path = cycle_dir(home, key) / "diagnosis.json"
-    if diagnosis_path.exists():
-        out["hypothesis"] = json.loads(diagnosis_path.read_text())["hypothesis"]
-    return out
 
 
 @main.group("bundle")

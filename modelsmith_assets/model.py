@@ -6,6 +6,8 @@ check on `pin_results`, so the checks are built from the pin file when the defin
 (`build_model_defs`): the pin file is a property of the code location, like the assets themselves.
 """
 
+import time
+
 import dagster as dg
 import polars as pl
 
@@ -143,8 +145,10 @@ def build_model_defs(pins: PinSet, deps: list) -> dg.Definitions:
         storage.put_json(f"reports/{version.key}/regression_report.json", report)  # the latest, for people
         path = storage.put_json(f"reports/{version.key}/{run_dir.name}.json", report)  # this run's, for the sensor
         table = pl.DataFrame(report["regressed"]) if report["regressed"] else None
+        landed = context.instance.fetch_materializations(dg.AssetKey("replayed_auctions"), limit=1).records
+        detect = {"time_to_detect_s": round(time.time() - landed[0].timestamp, 1)} if landed and report["regressed"] else {}
         return dg.MaterializeResult(
-            metadata={
+            metadata={**detect,
                 "regressed": len(report["regressed"]), "failed": len(report["failed"]),
                 "pins": ", ".join(p["pin"] for p in report["regressed"]) or "none",
                 "is_champion": champion is not None and champion.model_version == version.digest,

@@ -244,11 +244,15 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         run_ids["evidence_bundle"] = context.run_id
         started = read_cycle(home, key)["opened"]
         info = assemble(home, key, run_ids, started, signer.signer())
+        from datetime import UTC, datetime
+
+        cycle_time = (datetime.now(UTC) - datetime.fromisoformat(started)).total_seconds()
         delta = storage.get_json(f"cycles/{key}/benchmark_delta.json")
         shown = pl.DataFrame(delta["pins"]).select("pin", "before", "after", "delta", "p_value", "status")
         verdict = "offered for promotion" if delta["offer_for_promotion"] else "not offered"
         return dg.MaterializeResult(metadata={
             "verdict": verdict, "bundle_digest": info.digest, "candidate": delta["candidate"],
+            "cycle_time_s": round(cycle_time, 1),
             "report": dg.MetadataValue.path(str(info.path / "report.html")),
             "bundle": dg.MetadataValue.path(str(info.path)), "tar": dg.MetadataValue.path(str(info.tar)),
             "files": len(info.files), "signed_by": signer.signer().key_id(),

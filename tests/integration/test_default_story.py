@@ -27,7 +27,7 @@ from click.testing import CliRunner
 from modelsmith.cli import main
 from modelsmith.model_dir import Registry, read_champion, short
 from modelsmith.pin_runs import history
-from scenario_data.policy import POLICIES_DIR, shipped_policy
+from scenario_data.policy import shipped_policy
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,14 +40,13 @@ def _loop(*args: str) -> dict:
 
 @pytest.fixture(scope="module")
 def story(tmp_path_factory, realdata):
-    """v1 then v2 through `modelsmith loop`, once for the module: (home, v1 summary, v2 summary)."""
+    """`modelsmith loop` (v1, then v2, stop at the gate), once for the module: (home, v1 pass, summary)."""
     home = tmp_path_factory.mktemp("story") / "home"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MODELSMITH_HOME", str(home))
         mp.setenv("DAGSTER_HOME", str(home / "dagster"))
-        v1 = _loop("--replay-dir", str(realdata / "openrtb"))
-        v2 = _loop("--replay-dir", str(realdata / "openrtb"), "--policy", str(POLICIES_DIR / "v2.yaml"))
-    return home, v1, v2
+        summary = _loop("--replay-dir", str(realdata / "openrtb"))
+    return home, summary["passes"][0], summary
 
 
 @pytest.fixture
@@ -59,16 +58,16 @@ def home(story, monkeypatch):
 
 def test_v1_passes_every_pin_and_v2_regresses_gaming_only(home, story):
     _, v1, v2 = story
-    assert v1["requests_in"] == 10_000 + 266 == v1["accepted"] + v1["quarantined"]
+    assert v2["requests_in"] == 10_000 + 266 == v2["accepted"] + v2["quarantined"]
     assert v1["policy_digest"] == shipped_policy(1).digest
     assert (v1["regressed"], v1["failed"]) == ([], [])
     champion = read_champion(home)
-    assert champion.by == "bootstrap" and champion.model_version == v1["champion"]
+    assert champion.by == "bootstrap" and champion.model_version == v2["champion"]
+    assert v2["base_model_digest"] == champion.model_version and Path(v2["base_model_path"]).is_dir()
     base = Registry(home).get(short(champion.model_version))
     assert base.kind == "base" and (home / "models" / "base").is_dir()
 
     assert v2["policy_digest"] == shipped_policy(2).digest
-    assert v2["champion"] == v1["champion"]  # pins never move the champion
     assert v2["regressed"] == ["Video Gaming/app"]
     assert v2["failed"] == []  # every other pin still passes
 
@@ -81,7 +80,7 @@ def test_v1_passes_every_pin_and_v2_regresses_gaming_only(home, story):
     # What the UI shows: one check per pin on the partition; the Gaming check failed, the rest passed.
     instance = dg.DagsterInstance.get()
     assert instance.get_dynamic_partitions("model_versions") == [short(champion.model_version),
-                                                                 short(v2["cycle"]["candidate"])]  # + the repair's adapter
+                                                                 short(v2["adapter_digest"])]  # + the repair's adapter
     records = instance.event_log_storage.get_latest_asset_check_execution_by_key(
         [dg.AssetCheckKey(dg.AssetKey("pin_results"), name) for name in ("pin_all", "pin_video_gaming_app")])
     status = {k.name: r.status.value for k, r in records.items()}
@@ -94,10 +93,12 @@ def test_v1_passes_every_pin_and_v2_regresses_gaming_only(home, story):
 
 def test_one_cycle_repairs_gaming_with_nothing_flagged(home, story):
     v2 = story[2]
-    cycle = v2["cycle"]
-    assert cycle["success"], cycle
-    assert cycle["repaired"] == ["Video Gaming/app"] and cycle["flagged"] == [] and cycle["offer_for_promotion"]
-    cdir = home / "cycles" / cycle["id"]
+    assert v2["cycle_success"] and v2["verdict"] == "ready for approval", v2
+    assert v2["repaired"] == ["Video Gaming/app"] and v2["flagged"] == [] and v2["offer_for_promotion"]
+    assert [p["pin"] for p in v2["regressed_pins"]] == ["Video Gaming/app"] and v2["regressed_pins"][0]["p_value"] < 0.01
+    assert v2["time_to_detect_s"] > 0 and v2["cycle_time_s"] > 0 and v2["autonomy_rate"] == 1.0
+    assert v2["bundle_digest"] in v2["next_step"] and Path(v2["bundle_path"], "report.html").exists()
+    cdir = home / "cycles" / v2["cycle"]
     diagnosis = json.loads((cdir / "diagnosis.json").read_text())
     assert diagnosis["segments"] == ["Video Gaming/app"] and diagnosis["provenance"]["critic"] == "statistical"
     assert {f["feature"] for f in diagnosis["features"]} >= {"rewarded", "position"}  # the layout signals
@@ -110,7 +111,8 @@ def test_one_cycle_repairs_gaming_with_nothing_flagged(home, story):
     # The candidate is a registered adapter version that peft loads on the base.
     from peft import PeftConfig
 
-    candidate = Registry(home).get(short(cycle["candidate"]))
+    candidate = Registry(home).get(short(v2["adapter_digest"]))
+    assert candidate.path == v2["adapter_path"]
     assert candidate.kind == "adapter" and candidate.base == v2["champion"]
     assert PeftConfig.from_pretrained(candidate.path).peft_type == "LORA"
     assert read_champion(home).model_version == v2["champion"]  # only the gate promotes
@@ -118,7 +120,7 @@ def test_one_cycle_repairs_gaming_with_nothing_flagged(home, story):
     # Every training row proves its membership in the signed dataset, and none is a pin scenario.
     from modelsmith.lineage import prove
 
-    rows = pl.read_parquet(home / "datasets" / cycle["id"] / "rows.parquet")
+    rows = pl.read_parquet(home / "datasets" / v2["cycle"] / "rows.parquet")
     assert set(rows["source"]) == {"target", "replay", "contrast"}
     assert prove(home, rows["row_id"][0])["verified"]
     pins = pl.read_parquet(home / "replayed_auctions" / "replayed_auctions.parquet")
@@ -126,7 +128,7 @@ def test_one_cycle_repairs_gaming_with_nothing_flagged(home, story):
 
 
 def _bundle(home: Path, story) -> Path:
-    return home / "bundles" / story[2]["cycle"]["id"]
+    return home / "bundles" / story[2]["cycle"]
 
 
 def test_the_evidence_bundle_verifies_offline_and_names_what_was_tampered(home, story, tmp_path):
@@ -139,7 +141,7 @@ def test_the_evidence_bundle_verifies_offline_and_names_what_was_tampered(home, 
     report = (bundle / "report.html").read_text()
     assert report.count("<svg") == 3 and "OFFERED FOR PROMOTION" in report
     integrity = json.loads((bundle / "integrity.json").read_text())
-    assert integrity["digests"]["adapter"] == story[2]["cycle"]["candidate"] and integrity["dagster_runs"]["adapter"]
+    assert integrity["digests"]["adapter"] == story[2]["adapter_digest"] and integrity["dagster_runs"]["adapter"]
     key = home / "keys" / "ed25519.pub"
     private = (home / "keys" / "ed25519.key").read_bytes()
     assert not any(private.strip().splitlines()[1] in (bundle / n).read_bytes() for n in names)  # no private key
@@ -233,7 +235,7 @@ def test_promotion_from_the_launchpad_moves_the_champion_and_nothing_else_can(ho
     approved = _launch(client, {"approver": "ana", "decision": "approve", "bundle_digest": digest, "note": "fixes Gaming"})
     assert approved == dg.DagsterRunStatus.SUCCESS
     champion = read_champion(home)
-    assert champion.model_version == story[2]["cycle"]["candidate"] and champion.by == "ana"
+    assert champion.model_version == story[2]["adapter_digest"] and champion.by == "ana"
     again = _launch(client, {"approver": "bo", "decision": "approve", "bundle_digest": digest, "note": ""})
     assert again == dg.DagsterRunStatus.FAILURE  # a bundle is decided once
     decision = json.loads((home / "decisions" / f"{digest}.json").read_text())

@@ -1,0 +1,117 @@
+"""The headless loop: the default story in one process, with the same Dagster definitions and instance.
+
+One pass is what the sensors do in `dagster dev`, in order: the scenario stage under the active
+policy, the base model (built once), the champion's pins, and, when a pin regressed, a repair
+cycle through its evidence bundle. The story is two passes: policy v1 (every pin passes), then
+policy v2 (Gaming regresses, a cycle repairs it) — and it stops at the gate: promotion is a human's
+decision in the Dagster UI.
+"""
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from modelsmith.cycles import CYCLES, cycle_dir, open_cycle
+from modelsmith.model_dir import Registry, read_champion, short
+
+TRIGGER = {"modelsmith/trigger": "modelsmith loop"}
+
+
+class LoopError(RuntimeError):
+    """A job of the loop failed; the message names it (its log is above)."""
+
+
+def _execute(defs, instance, job: str, **kwargs):
+    result = defs.resolve_job_def(job).execute_in_process(instance=instance, raise_on_error=False, tags=TRIGGER,
+                                                          **kwargs)
+    if not result.success:
+        raise LoopError(f"{job} failed; see the log above")
+    return result
+
+
+def run_pass(defs, instance, home: Path, replay_dir: str | None, log: Callable[[str], None]) -> dict:
+    """Scenarios, base model, champion pins, and a repair cycle when a pin regressed; a summary dict."""
+    started = time.monotonic()
+    config = {"replay_dir": str(Path(replay_dir).resolve())} if replay_dir else {}
+    log("scenarios: generate, ingest and label the replay set")
+    _execute(defs, instance, "materialize_scenarios_job", run_config={"resources": {"scenarios": {"config": config}}})
+    log("base model: build the embedded default once, or reuse it")
+    _execute(defs, instance, "build_base_model_job")
+    champion = read_champion(home)
+    key = short(champion.model_version)
+    log(f"pins: the champion {key} on every pin")
+    _execute(defs, instance, "pin_model_version_job", partition_key=key)
+    report = json.loads((home / "reports" / key / "regression_report.json").read_text())
+    detected = time.monotonic()
+    summary = {"policy_digest": report["policy_digest"], "champion": champion.model_version,
+               "composite": report["composite"],
+               "regressed_pins": [{k: v for k, v in p.items() if k != "failing_row_ids"} for p in report["regressed"]],
+               "regressed": [p["pin"] for p in report["regressed"]], "failed": [p["pin"] for p in report["failed"]],
+               "time_to_detect_s": round(detected - started, 1) if report["regressed"] else None, "cycle": None}
+    if not report["regressed"]:
+        return summary
+    cycle = open_cycle(home, report)
+    instance.add_dynamic_partitions(CYCLES, [cycle])
+    log(f"repair: cycle {cycle} for {', '.join(summary['regressed'])} (traces, diagnosis, data, adapter, pins, bundle)")
+    result = defs.resolve_job_def("repair_cycle_job").execute_in_process(
+        instance=instance, partition_key=cycle, raise_on_error=False, tags=TRIGGER)
+    summary |= {"cycle": cycle, "cycle_success": result.success, "cycle_time_s": round(time.monotonic() - detected, 1)}
+    return summary | cycle_outcome(home, cycle)
+
+
+def cycle_outcome(home: Path, cycle: str) -> dict:
+    """What a cycle produced, read back from its artifacts, with the verdict and the next step."""
+    cdir = cycle_dir(home, cycle)
+    out: dict = {}
+    if (cdir / "diagnosis.json").exists():
+        out["hypothesis"] = json.loads((cdir / "diagnosis.json").read_text())["hypothesis"]
+    if (cdir / "adapter.json").exists():
+        adapter = json.loads((cdir / "adapter.json").read_text())
+        out |= {"adapter_digest": adapter["model_version"], "adapter_path": adapter["path"]}
+    if (cdir / "benchmark_delta.json").exists():
+        delta = json.loads((cdir / "benchmark_delta.json").read_text())
+        out |= {k: delta[k] for k in ("repaired", "not_repaired", "flagged", "offer_for_promotion")}
+    envelope = Path(home) / "bundles" / cycle / "bundle.dsse.json"
+    if envelope.exists():
+        import hashlib
+
+        digest = hashlib.sha256(envelope.read_bytes()).hexdigest()
+        out |= {"bundle_path": str(envelope.parent), "bundle_digest": digest}
+    if out.get("offer_for_promotion") and "bundle_digest" in out:
+        out["verdict"] = "ready for approval"
+        out["next_step"] = ("in the Dagster UI (`dagster dev -w workspace.yaml`), open the Launchpad of promotion_job "
+                            f"(pre-filled with bundle_digest {out['bundle_digest']}), name the approver and launch")
+    elif "offer_for_promotion" in out:
+        out["verdict"] = ("not offered: " + "; ".join(filter(None, [
+            f"not repaired: {', '.join(out['not_repaired'])}" if out.get("not_repaired") else "",
+            f"flagged: {', '.join(out['flagged'])}" if out.get("flagged") else ""])))
+    else:
+        out["verdict"] = "the cycle failed before its benchmark delta; see the run log"
+    return out
+
+
+def autonomy_rate(instance, home: Path) -> float | None:
+    """Share of opened cycles that reached the gate (a bundle offered) with every run launched by automation."""
+    import dagster as dg
+
+    cycles = [p.name for p in (Path(home) / "cycles").iterdir() if p.is_dir()] if (Path(home) / "cycles").is_dir() else []
+    if not cycles:
+        return None
+    autonomous = 0
+    for cycle in cycles:
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": cycle}))
+        automated = bool(runs) and all("modelsmith/trigger" in r.tags for r in runs)
+        if automated and cycle_outcome(home, cycle).get("verdict") == "ready for approval":
+            autonomous += 1
+    return autonomous / len(cycles)
+
+
+def base_model_summary(home: Path) -> dict:
+    bases = [v for v in Registry(home).all() if v.kind == "base"]
+    champion = read_champion(home)
+    registry = Registry(home)
+    base = registry.get(champion.model_version) if champion else (bases[0] if bases else None)
+    if base is not None and base.kind == "adapter":
+        base = registry.get(base.base)
+    return {"base_model_digest": base.digest if base else None, "base_model_path": base.path if base else None}
