@@ -146,7 +146,9 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         overlap = check_disjoint(rows, pin_scenarios)
         yield dg.AssetCheckResult(check_name="disjoint_from_pins", passed=not any(overlap.values()), metadata=overlap)
 
-    @dg.asset(group_name=GROUP, partitions_def=repair_cycles, deps=[synthetic_dataset], kinds={"pytorch", "safetensors"})
+    # pool "training": the production instance limits it to one run at a time (dagster.yaml.example).
+    @dg.asset(group_name=GROUP, partitions_def=repair_cycles, deps=[synthetic_dataset], kinds={"pytorch", "safetensors"},
+              pool="training")
     def adapter(context: dg.AssetExecutionContext, storage: StorageEngine, trainer: TrainerSettings) -> dg.MaterializeResult:
         """A LoRA adapter (peft, trained with trl's SFT trainer) on the champion's base, registered as a model version."""
         import os
