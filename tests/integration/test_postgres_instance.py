@@ -119,7 +119,10 @@ def test_the_example_is_a_postgres_instance_with_a_run_queue_and_a_training_pool
     assert concurrency.run_queue_config.max_concurrent_runs == 4
     assert concurrency.run_queue_config.should_block_op_concurrency_limited_runs
     assert concurrency.pool_config.default_pool_limit == 1 and concurrency.pool_config.pool_granularity.value == "run"
-    # What the queue daemon does on first seeing a run that needs the pool: write its default limit.
+    # The only pool the code uses is the training asset's; the queue daemon, on first seeing a run
+    # that needs it, writes its default limit to the database.
+    assets = build_definitions("embedded").resolve_asset_graph().assets_defs
+    assert {a.op.name: a.op.pool for a in assets if a.is_executable and a.op.pool} == {"adapter": "training"}
     instance.event_log_storage.initialize_concurrency_limit_to_default("training")
     training = pg.open().event_log_storage.get_concurrency_info("training")
     assert (training.limit, training.slot_count, training.claimed_slots) == (1, 1, [])
