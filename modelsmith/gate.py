@@ -83,7 +83,7 @@ def decide(home: Path, decision: Decision, signer, run_id: str = "") -> dict:
     before = champion.model_version if champion else None
     now = datetime.now(UTC).isoformat(timespec="seconds")
     if decision.decision == "rollback":
-        target, subject, summary, bundle_dir = _rollback_target(home, decision, before), None, {}, None
+        target, summary, bundle_dir = _rollback_target(home, decision, before), {}, None
         digest = hashlib.sha256(f"rollback:{target}:{now}".encode()).hexdigest()
         subject = {"name": f"model_version/{short(target)}", "digest": {"sha256": target}}
     else:

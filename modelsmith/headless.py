@@ -108,10 +108,9 @@ def autonomy_rate(instance, home: Path) -> float | None:
 
 
 def base_model_summary(home: Path) -> dict:
-    bases = [v for v in Registry(home).all() if v.kind == "base"]
-    champion = read_champion(home)
-    registry = Registry(home)
-    base = registry.get(champion.model_version) if champion else (bases[0] if bases else None)
+    """The base model under the champion (the champion itself, or the base its adapter sits on)."""
+    registry, champion = Registry(home), read_champion(home)
+    base = registry.get(champion.model_version) if champion else None
     if base is not None and base.kind == "adapter":
         base = registry.get(base.base)
     return {"base_model_digest": base.digest if base else None, "base_model_path": base.path if base else None}

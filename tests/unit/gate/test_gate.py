@@ -1,0 +1,78 @@
+"""The gate on real signed bundles: approve, refuse, reject, roll back; the audit log agrees throughout."""
+
+import hashlib
+
+import pytest
+
+from modelsmith import audit
+from modelsmith.attest import write_bundle
+from modelsmith.gate import Decision, GateError, decide, pending
+from modelsmith.model_dir import Registry, bootstrap_champion, read_champion
+from resources.signer import Ed25519Signer
+
+
+def _version(home, name: str, kind: str, base=None):
+    d = home / "versions" / name
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(f'{{"name": "{name}"}}')
+    return Registry(home).register(d, kind, base=base)
+
+
+def _bundle(home, signer, name: str, candidate: str, champion: str, offered: bool) -> str:
+    summary = {"cycle": name, "candidate": candidate, "champion": champion, "policy_digest": "p" * 64,
+               "targets": ["Video Gaming/app"], "repaired": ["Video Gaming/app"] if offered else [],
+               "flagged": [] if offered else ["Sports/app"], "offer_for_promotion": offered,
+               "candidate_passed_every_pin": offered}
+    info = write_bundle(home / "bundles" / name, {"report.html": b"<html></html>"}, None, [], summary, signer)
+    return info.digest
+
+
+@pytest.fixture
+def gate(tmp_path):
+    home = tmp_path / "home"
+    base = _version(home, "base", "base")
+    adapter = _version(home, "adapter", "adapter", base=base.digest)
+    bootstrap_champion(home, base.digest)
+    return home, base, adapter, Ed25519Signer(home / "keys")
+
+
+def test_approve_then_refuse_a_second_decision_then_roll_back(gate):
+    home, base, adapter, signer = gate
+    digest = _bundle(home, signer, "c1", adapter.digest, base.digest, offered=True)
+    assert pending(home) == digest
+    record = decide(home, Decision("ana", "approve", digest, "fixes Gaming"), signer, "run-1")
+    assert read_champion(home).model_version == adapter.digest and record["champion_before"] == base.digest
+    assert (home / "decisions" / f"{digest}.dsse.json").exists() and pending(home) == ""
+    with pytest.raises(GateError, match="already decided: approve by ana"):
+        decide(home, Decision("bo", "reject", digest), signer)
+    with pytest.raises(GateError, match="was never champion here"):
+        decide(home, Decision("ana", "rollback", rollback_to="f" * 16), signer)
+    decide(home, Decision("ana", "rollback", note="bad in prod", rollback_to=base.key), signer)
+    assert read_champion(home).model_version == base.digest
+    assert audit.verify(home).ok and [e["action"] for e in audit.entries(home)] == ["bootstrap", "approve", "rollback"]
+
+
+def test_a_candidate_not_offered_cannot_be_approved_but_can_be_rejected(gate):
+    home, base, adapter, signer = gate
+    digest = _bundle(home, signer, "c2", adapter.digest, base.digest, offered=False)
+    with pytest.raises(GateError, match="not offered for promotion"):
+        decide(home, Decision("ana", "approve", digest), signer)
+    decide(home, Decision("ana", "reject", digest, "flagged Sports/app"), signer)
+    assert read_champion(home).model_version == base.digest and audit.verify(home).ok
+
+
+def test_a_tampered_or_unknown_or_stale_bundle_is_refused(gate):
+    home, base, adapter, signer = gate
+    with pytest.raises(GateError, match="no bundle"):
+        decide(home, Decision("ana", "approve", "0" * 64), signer)
+    stale = _bundle(home, signer, "c3", adapter.digest, "e" * 64, offered=True)
+    with pytest.raises(GateError, match="compares against champion eeeeeeeeeeeeeeee"):
+        decide(home, Decision("ana", "approve", stale), signer)
+    fine = _bundle(home, signer, "c4", adapter.digest, base.digest, offered=True)
+    (home / "bundles" / "c4" / "report.html").write_bytes(b"<html>changed</html>")
+    with pytest.raises(GateError, match="does not verify: report.html: sha256 mismatch"):
+        decide(home, Decision("ana", "approve", fine), signer)
+    with pytest.raises(GateError, match="approver"):
+        decide(home, Decision(" ", "approve", fine), signer)
+    assert read_champion(home).model_version == base.digest
+    assert hashlib.sha256((home / "bundles" / "c4" / "bundle.dsse.json").read_bytes()).hexdigest() == fine
