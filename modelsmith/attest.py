@@ -96,6 +96,7 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.signer import Key, Signature, Signer, SSlibKey
 
 from modelsmith.atomic import fsync_dir, write_bytes, write_text, write_with
+from modelsmith.model_dir import file_sha256
 from modelsmith.lineage import canonical_json
 from resources.signer import key_id_for
 
@@ -178,7 +179,7 @@ def statement(subjects: list[dict], predicate_type: str, predicate: dict) -> dic
 
 def subject(name: str, path: Path) -> dict:
     """A subject naming `name` with the SHA-256 of the file at `path`."""
-    return {"name": name, "digest": {"sha256": _sha256_file(Path(path))}}
+    return {"name": name, "digest": {"sha256": file_sha256(Path(path))}}
 
 
 class _DsseSigner(Signer):
@@ -347,7 +348,7 @@ def write_bundle(out_dir: Path, files: dict[str, bytes | Path], adapter_dir: Pat
         raise
     fsync_dir(out_dir.parent)
     write_tar(out_dir, tar_path)
-    digests = {rel: _sha256_file(out_dir / rel) for rel in _walk(out_dir)}
+    digests = {rel: file_sha256(out_dir / rel) for rel in _walk(out_dir)}
     return BundleInfo(path=out_dir, tar=tar_path, digest=digests[BUNDLE_FILE], files=digests)
 
 
@@ -426,11 +427,6 @@ def _walk(root: Path) -> list[str]:
     return sorted(out)
 
 
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 # --- verifying ---
 
 def verify_bundle(path: Path, public_key_pem: str | None = None) -> VerifyReport:
@@ -505,7 +501,7 @@ def _verify_dir(root: Path, public_key_pem: str | None) -> VerifyReport:
     warning = None
     present, links = _files_and_links(root)
     errors += [f"{rel}: is a symbolic link, not a file" for rel in links]
-    digest = _sha256_file(root / BUNDLE_FILE) if BUNDLE_FILE in present else ""
+    digest = file_sha256(root / BUNDLE_FILE) if BUNDLE_FILE in present else ""
 
     if public_key_pem is None:
         warning = (f"no public key given: verified with the bundle's own {PUBLIC_KEY_FILE}, which shows the bundle "
@@ -525,7 +521,7 @@ def _verify_dir(root: Path, public_key_pem: str | None) -> VerifyReport:
 
     def file_digest(rel: str) -> str:
         if rel not in cached:
-            cached[rel] = _sha256_file(root / rel)
+            cached[rel] = file_sha256(root / rel)
         return cached[rel]
 
     # The bundle statement: signed, then its subjects against the files.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from modelsmith import audit
 from modelsmith.atomic import write_bytes, write_text
-from modelsmith.model_dir import Registry, read_champion, short, write_champion
+from modelsmith.model_dir import Registry, file_sha256, read_champion, short, write_champion
 
 DECISIONS = ("approve", "reject", "rollback")
 VSA = "https://slsa.dev/verification_summary/v1"
@@ -41,7 +41,7 @@ def bundles(home: Path) -> list[tuple[str, Path]]:
     """(digest, directory) of every bundle in the home, newest first."""
     found = []
     for envelope in Path(home).glob("bundles/*/bundle.dsse.json"):
-        found.append((envelope.stat().st_mtime, hashlib.sha256(envelope.read_bytes()).hexdigest(), envelope.parent))
+        found.append((envelope.stat().st_mtime, file_sha256(envelope), envelope.parent))
     return [(d, p) for _, d, p in sorted(found, reverse=True)]
 
 

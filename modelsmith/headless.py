@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from modelsmith.cycles import CYCLES, cycle_dir, open_cycle
-from modelsmith.model_dir import Registry, read_champion, short
+from modelsmith.model_dir import Registry, file_sha256, read_champion, short
 
 TRIGGER = {"modelsmith/trigger": "modelsmith loop"}
 
@@ -74,9 +74,7 @@ def cycle_outcome(home: Path, cycle: str) -> dict:
         out |= {k: delta[k] for k in ("repaired", "not_repaired", "flagged", "offer_for_promotion")}
     envelope = Path(home) / "bundles" / cycle / "bundle.dsse.json"
     if envelope.exists():
-        import hashlib
-
-        digest = hashlib.sha256(envelope.read_bytes()).hexdigest()
+        digest = file_sha256(envelope)
         out |= {"bundle_path": str(envelope.parent), "bundle_digest": digest}
     if out.get("offer_for_promotion") and "bundle_digest" in out:
         out["verdict"] = "ready for approval"
