@@ -78,7 +78,6 @@ generated protobuf bindings and would add protobuf for what `statement` does in 
 import base64
 import binascii
 import copy
-import hashlib
 import json
 import os
 import shutil
