@@ -53,7 +53,7 @@ def base_model(context: dg.AssetExecutionContext, model: ModelSettings, storage:
     )
 
 
-def _labelled(storage: StorageEngine) -> tuple[pl.DataFrame, str]:
+def labelled_auctions(storage: StorageEngine) -> tuple[pl.DataFrame, str]:
     path = storage.path("replayed_auctions", "replayed_auctions.parquet")
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: materialise replayed_auctions first")
@@ -62,7 +62,7 @@ def _labelled(storage: StorageEngine) -> tuple[pl.DataFrame, str]:
     return pl.read_parquet(path), file_sha256(path)
 
 
-def _engine_for(version, registry: Registry, inference: InferenceSettings, champion: str | None = None):
+def engine_for(version, registry: Registry, inference: InferenceSettings, champion: str | None = None):
     """One loaded base model; an adapter version is attached to its base by digest and switched on.
 
     The champion, when it is an adapter and `merge_champion` is set, is served merged into its base.
@@ -78,6 +78,22 @@ def _engine_for(version, registry: Registry, inference: InferenceSettings, champ
     engine.attach_adapter(version.digest, version.path)
     engine.use(version.digest)
     return engine
+
+
+def pin_version(storage: StorageEngine, inference: InferenceSettings, pins: PinSet, version):
+    """Pin one registered version on the replayed auctions against its reference, and store the run.
+
+    The reference is the champion's decisions for any other version, the champion's own last passing
+    run for the champion (`modelsmith.pin_runs.reference_for`). Returns (run, run directory, reference).
+    """
+    home = storage.base()
+    labelled, scenarios_digest = labelled_auctions(storage)
+    champion = read_champion(home)
+    champion_digest = champion.model_version if champion else None
+    reference, reference_name = reference_for(home, version.digest, champion_digest, labelled)
+    engine = engine_for(version, Registry(home), inference, champion_digest)
+    run = pin(engine, labelled, pins, version.digest, scenarios_digest, reference, reference_name)
+    return run, store(home, run), reference_name
 
 
 def _check_result(r: PinResult) -> dg.AssetCheckResult:
@@ -106,15 +122,8 @@ def build_model_defs(pins: PinSet, deps: list) -> dg.Definitions:
     )
     def pin_results(context: dg.AssetExecutionContext, inference: InferenceSettings, storage: StorageEngine):
         """Every replayed auction decided by this model version; per-pin metrics and the paired test."""
-        home, registry = storage.base(), Registry(storage.base())
-        version = registry.get(context.partition_key)
-        labelled, scenarios_digest = _labelled(storage)
-        champion = read_champion(home)
-        reference, reference_name = reference_for(home, version.digest, champion.model_version if champion else None,
-                                                  labelled)
-        engine = _engine_for(version, registry, inference, champion.model_version if champion else None)
-        run = pin(engine, labelled, pins, version.digest, scenarios_digest, reference, reference_name)
-        run_dir = store(home, run)
+        version = Registry(storage.base()).get(context.partition_key)
+        run, run_dir, reference_name = pin_version(storage, inference, pins, version)
         context.log.info(f"pinned {version.key} against {reference_name}: composite {run.composite:.4f}")
         yield dg.MaterializeResult(
             metadata={
@@ -122,7 +131,7 @@ def build_model_defs(pins: PinSet, deps: list) -> dg.Definitions:
                 "composite": run.composite, "passed": run.passed,
                 "failed": ", ".join(run.summary()["failed"]) or "none",
                 "regressed": ", ".join(run.summary()["regressed"]) or "none",
-                "reference": reference_name, "policy_digest": run.policy_digest, "scenarios_digest": scenarios_digest,
+                "reference": reference_name, "policy_digest": run.policy_digest, "scenarios_digest": run.scenarios_digest,
                 "model_version": version.digest, "kind": version.kind,
                 "run_dir": dg.MetadataValue.path(str(run_dir)),
                 "pins": dg.MetadataValue.md(markdown_table(run.results)),

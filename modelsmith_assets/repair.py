@@ -13,16 +13,16 @@ import dagster as dg
 import polars as pl
 
 from modelsmith.cycles import CYCLES, cycle_dir, read_cycle
+from modelsmith.atomic import write_with
 from modelsmith.critics import CriticInput
 from modelsmith.delta import benchmark_delta_for
 from modelsmith.diagnosis import diagnosis_from_dict
 from modelsmith.evaluate import markdown_table
-from modelsmith.model_dir import Registry, read_champion
-from modelsmith.pin_runs import pin, reference_for, store
+from modelsmith.model_dir import Registry
 from modelsmith.pins import PinSet
 from modelsmith.synthesis import check_disjoint, synthesis_seed, synthesise
 from modelsmith.traces import ATTR_PREFIX, failure_traces
-from modelsmith_assets.model import _engine_for, _labelled
+from modelsmith_assets.model import engine_for, labelled_auctions, pin_version
 from resources.critic import CriticSettings
 from resources.inference import InferenceSettings
 from resources.signer import SignerSettings
@@ -59,11 +59,9 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         registry = Registry(home)
         version = registry.get(cycle["model_version"])
         predictions = pl.read_parquet(cycle["run_dir"] + "/predictions.parquet")
-        engine = _engine_for(version, registry, inference)
+        engine = engine_for(version, registry, inference)
         traces = failure_traces(engine, predictions, pins, cycle["regressed"])
         path = cycle_dir(home, context.partition_key) / "failure_traces.parquet"
-        from modelsmith.atomic import write_with
-
         write_with(path, lambda tmp: traces.write_parquet(tmp))
         failing = traces.filter(pl.col("failed"))
         attr = pl.DataFrame({"feature": [c.removeprefix(ATTR_PREFIX) for c in failing.columns if c.startswith(ATTR_PREFIX)],
@@ -113,14 +111,13 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
     )
     def synthetic_dataset(context: dg.AssetExecutionContext, storage: StorageEngine, signer: SignerSettings):
         """Targeted rows in the failing segment plus a replay buffer, labelled by the active policy, with signed lineage."""
-        from modelsmith.atomic import write_with
         from modelsmith.lineage import build_lineage, write_lineage
         from scenario_data.expectations import validate_training_rows
 
         home, key = storage.base(), context.partition_key
         diag = diagnosis_from_dict(storage.get_json(f"cycles/{key}/diagnosis.json"))
         policy = _policy_of_cycle(storage, read_cycle(home, key))
-        pin_scenarios, _ = _labelled(storage)
+        pin_scenarios, _ = labelled_auctions(storage)
         seed = synthesis_seed(policy.digest, diag)
         implicated = {f.feature: f.values for f in diag.features if f.values}
         result = synthesise(diag.synthesis, policy, seed, pin_scenarios, implicated)
@@ -190,15 +187,9 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
     def candidate_pins(context: dg.AssetExecutionContext, storage: StorageEngine,
                        inference: InferenceSettings) -> dg.MaterializeResult:
         """The candidate (base + adapter) pinned on every segment, paired against the champion on the same rows."""
-        home, key = storage.base(), context.partition_key
-        registry = Registry(home)
-        version = registry.get(storage.get_json(f"cycles/{key}/adapter.json")["model_version"])
-        labelled, scenarios_digest = _labelled(storage)
-        champion = read_champion(home)
-        reference, reference_name = reference_for(home, version.digest, champion.model_version, labelled)
-        run = pin(_engine_for(version, registry, inference), labelled, pins, version.digest, scenarios_digest,
-                  reference, reference_name)
-        run_dir = store(home, run)
+        key = context.partition_key
+        version = Registry(storage.base()).get(storage.get_json(f"cycles/{key}/adapter.json")["model_version"])
+        run, run_dir, reference_name = pin_version(storage, inference, pins, version)
         storage.put_json(f"cycles/{key}/candidate_pins.json", {"run_dir": str(run_dir), "pins_digest": pins.digest,
                                                                 **run.summary()})
         return dg.MaterializeResult(metadata={
@@ -215,8 +206,6 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         cycle = read_cycle(home, key)
         after = storage.get_json(f"cycles/{key}/candidate_pins.json")["run_dir"]
         delta = benchmark_delta_for(cycle["run_dir"], after, cycle["regressed"])
-        from modelsmith.atomic import write_with
-
         path = cycle_dir(home, key) / "benchmark_delta.parquet"
         frame = pl.DataFrame(delta["pins"])
         write_with(path, lambda tmp: frame.write_parquet(tmp))
