@@ -6,6 +6,7 @@ import dagster as dg
 
 from modelsmith.pins import load_pins
 from modelsmith_assets import automation, gate, model, repair, scenarios
+from modelsmith_assets.executors import executor_for
 from resources import resources_for
 
 
@@ -18,7 +19,7 @@ def build_definitions(env: str = "embedded", pins_path: str | None = None) -> dg
     return dg.Definitions.merge(
         *stages,
         automation.automation_defs(jobs),
-        dg.Definitions(resources=resources_for(env)),
+        dg.Definitions(resources=resources_for(env), executor=executor_for()),
     )
 
 

@@ -17,6 +17,7 @@ from modelsmith.model_dir import Registry, bootstrap_champion, read_champion
 from modelsmith.pin_runs import pin, reference_for, runs, store
 from modelsmith.pins import PinSet
 from modelsmith.regression import regression_report_for
+from modelsmith_assets.executors import gpu_step_tags
 from resources.inference import InferenceSettings
 from resources.model import ModelSettings
 from resources.storage import StorageEngine
@@ -116,6 +117,7 @@ def build_model_defs(pins: PinSet, deps: list) -> dg.Definitions:
         partitions_def=model_versions,
         deps=[*deps, base_model],
         kinds={"polars", "parquet"},
+        op_tags=gpu_step_tags(),  # inference (vLLM on a GPU node when scaled out)
         check_specs=[dg.AssetCheckSpec(p.check_name, asset="pin_results", description=f"pin {p.name!r}: {p.describe()}; "
                                        f"accuracy >= {p.accuracy_floor}, p99 <= {p.latency_p99_ms} ms, "
                                        f"drop <= {p.max_drop} unless noise") for p in pins.pins],

@@ -22,6 +22,7 @@ from modelsmith.model_dir import Registry
 from modelsmith.pins import PinSet
 from modelsmith.synthesis import check_disjoint, synthesis_seed, synthesise
 from modelsmith.traces import ATTR_PREFIX, failure_traces
+from modelsmith_assets.executors import gpu_step_tags
 from modelsmith_assets.model import engine_for, labelled_auctions, pin_version
 from resources.critic import CriticSettings
 from resources.inference import InferenceSettings
@@ -145,7 +146,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
 
     # pool "training": the production instance limits it to one run at a time (dagster.yaml.example).
     @dg.asset(group_name=GROUP, partitions_def=repair_cycles, deps=[synthetic_dataset], kinds={"pytorch", "safetensors"},
-              pool="training")
+              pool="training", op_tags=gpu_step_tags())
     def adapter(context: dg.AssetExecutionContext, storage: StorageEngine, trainer: TrainerSettings) -> dg.MaterializeResult:
         """A LoRA adapter (peft, trained with trl's SFT trainer) on the champion's base, registered as a model version."""
         import os
@@ -183,7 +184,8 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
             "epochs": dg.MetadataValue.md(to_markdown(history)),
         })
 
-    @dg.asset(group_name=GROUP, partitions_def=repair_cycles, deps=[adapter], kinds={"parquet"})
+    @dg.asset(group_name=GROUP, partitions_def=repair_cycles, deps=[adapter], kinds={"parquet"},
+              op_tags=gpu_step_tags())
     def candidate_pins(context: dg.AssetExecutionContext, storage: StorageEngine,
                        inference: InferenceSettings) -> dg.MaterializeResult:
         """The candidate (base + adapter) pinned on every segment, paired against the champion on the same rows."""
