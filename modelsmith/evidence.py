@@ -249,9 +249,32 @@ def predicates(home: Path, cycle: dict, diagnosis: dict, delta: dict, adapter: d
     ]
 
 
+def cycle_bundle_dirs(home: Path, cycle_key: str) -> list[Path]:
+    """The cycle's written bundles, oldest attempt first: `bundles/<cycle>`, then `<cycle>.2`, `<cycle>.3`, ...
+
+    A bundle is immutable once written, so a re-run cycle (a backfill of `repair_cycle_job`) writes
+    the next attempt beside the earlier ones instead of replacing what a reviewer may have read.
+    """
+    root = Path(home) / "bundles"
+    attempts = [(1, root / cycle_key)] + [
+        (int(p.name.rsplit(".", 1)[1]), p) for p in root.glob(f"{cycle_key}.*")
+        if p.is_dir() and p.name.rsplit(".", 1)[1].isdigit()]
+    return [p for _, p in sorted(attempts) if (p / "bundle.dsse.json").is_file()]
+
+
+def next_bundle_dir(home: Path, cycle_key: str) -> Path:
+    """`bundles/<cycle>` for the first bundle, else one past the highest attempt present in any form."""
+    root = Path(home) / "bundles"
+    if not (root / cycle_key).exists() and not (root / f"{cycle_key}.tar").exists():
+        return root / cycle_key
+    taken = [int(n) for p in root.glob(f"{cycle_key}.*")
+             if (n := p.name[len(cycle_key) + 1:].removesuffix(".tar")).isdigit()]
+    return root / f"{cycle_key}.{max(taken, default=1) + 1}"
+
+
 def assemble(home: Path, cycle_key: str, run_ids: dict[str, str], started: str, signer):
-    """Write and sign the bundle of one cycle under HOME/bundles/<cycle>/ (immutable once written)."""
-    from modelsmith.attest import write_bundle
+    """Write and sign the bundle of one cycle under HOME/bundles/<cycle>/ (a re-run: the next attempt)."""
+    from modelsmith.attest import write_bundle, write_tar
     from modelsmith.cycles import cycle_dir, read_cycle
     from modelsmith.pin_runs import history
 
@@ -283,4 +306,7 @@ def assemble(home: Path, cycle_key: str, run_ids: dict[str, str], started: str, 
                "offer_for_promotion": delta["offer_for_promotion"],
                "candidate_passed_every_pin": not candidate_run["failed"], "created": record["finished"]}
     attestations = predicates(home, cycle, diagnosis, delta, adapter, candidate_run, lineage, record)
-    return write_bundle(home / "bundles" / cycle_key, files, Path(adapter["path"]), attestations, summary, signer)
+    for done in cycle_bundle_dirs(home, cycle_key):  # a writer killed after publishing a directory, before its tar
+        if not done.with_name(done.name + ".tar").exists():
+            write_tar(done, done.with_name(done.name + ".tar"))
+    return write_bundle(next_bundle_dir(home, cycle_key), files, Path(adapter["path"]), attestations, summary, signer)

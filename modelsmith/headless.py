@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from modelsmith.cycles import CYCLES, cycle_dir, open_cycle
+from modelsmith.evidence import cycle_bundle_dirs
 from modelsmith.model_dir import Registry, file_sha256, read_champion, short
 
 TRIGGER = {"modelsmith/trigger": "modelsmith loop"}
@@ -72,8 +73,9 @@ def cycle_outcome(home: Path, cycle: str) -> dict:
     if (cdir / "benchmark_delta.json").exists():
         delta = json.loads((cdir / "benchmark_delta.json").read_text())
         out |= {k: delta[k] for k in ("repaired", "not_repaired", "flagged", "offer_for_promotion")}
-    envelope = Path(home) / "bundles" / cycle / "bundle.dsse.json"
-    if envelope.exists():
+    written = cycle_bundle_dirs(home, cycle)
+    if written:
+        envelope = written[-1] / "bundle.dsse.json"
         digest = file_sha256(envelope)
         out |= {"bundle_path": str(envelope.parent), "bundle_digest": digest}
     if out.get("offer_for_promotion") and "bundle_digest" in out:

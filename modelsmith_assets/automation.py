@@ -42,14 +42,25 @@ def replay_fingerprint(replay_dir: Path) -> str:
 
 
 def scenario_fingerprint(scenarios: ScenarioSettings, home: Path) -> str:
+    """The active policy's digest and the replay files: what the scenario stage's output depends on."""
     policy = scenarios.load_policy().digest
     return hashlib.sha256(f"{policy}:{replay_fingerprint(scenarios.replay_path(home))}".encode()).hexdigest()
+
+
+def last_scenario_fingerprint(instance: dg.DagsterInstance) -> str | None:
+    """The fingerprint the latest `replayed_auctions` was built from (by any run: a sensor's, the loop's, the UI's)."""
+    records = instance.fetch_materializations(dg.AssetKey("replayed_auctions"), limit=1).records
+    meta = records[0].asset_materialization.metadata if records else {}
+    return meta["scenario_fingerprint"].value if "scenario_fingerprint" in meta else None
 
 
 @dg.sensor(job_name=SCENARIOS_JOB, default_status=_default_status(), minimum_interval_seconds=30)
 def scenario_change_sensor(context: dg.SensorEvaluationContext, scenarios: ScenarioSettings, storage: StorageEngine):
     """Re-run the scenario stage when the active policy or the replay files change."""
     fingerprint = scenario_fingerprint(scenarios, storage.base())
+    if context.cursor is None and last_scenario_fingerprint(context.instance) == fingerprint:
+        context.update_cursor(fingerprint)  # first tick: the latest materialisation is already of this state
+        return dg.SkipReason("the latest replayed_auctions already reflects this policy and these replay files")
     if context.cursor == fingerprint:
         return dg.SkipReason("policy and replay files unchanged")
     context.update_cursor(fingerprint)
@@ -76,8 +87,16 @@ def repin_requests(instance: dg.DagsterInstance, home: Path, cursor: int) -> tup
     if not instance.fetch_materializations(dg.AssetKey("replayed_auctions"), limit=1).records:
         return [], latest
     key = short(champion.model_version)
+    if cursor == 0 and _pinned_after(instance, key, latest):
+        return [], latest  # first tick: the champion was already pinned on the newest scenarios (e.g. by the loop)
     return [dg.RunRequest(job_name=PIN_JOB, partition_key=key, run_key=f"repin-{key}-{latest}",
                           tags={"modelsmith/trigger": "new scenarios or base model"})], latest
+
+
+def _pinned_after(instance: dg.DagsterInstance, partition: str, storage_id: int) -> bool:
+    pinned = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("pin_results"), asset_partitions=[partition]), limit=1).records
+    return bool(pinned) and pinned[0].storage_id > storage_id
 
 
 def regression_requests(instance: dg.DagsterInstance, home: Path, cursor: int):

@@ -74,6 +74,9 @@ def scenario_pack(scenarios: ScenarioSettings, storage: StorageEngine) -> dg.Mat
 )
 def replayed_auctions(context: dg.AssetExecutionContext, scenarios: ScenarioSettings, storage: StorageEngine):
     """Every decision row to replay: the generated pack plus real files in the replay directory, labelled."""
+    from modelsmith_assets.automation import scenario_fingerprint
+
+    fingerprint = scenario_fingerprint(scenarios, storage.base())  # before reading: what this output reflects
     active = scenarios.load_policy()
     pack = storage.get_json("packs/current.json")["path"]
     replay_dir = scenarios.replay_path(storage.base())
@@ -90,6 +93,7 @@ def replayed_auctions(context: dg.AssetExecutionContext, scenarios: ScenarioSett
             "dagster/row_count": replay.labelled.height,
             **summary,
             "policy_digest": active.digest,
+            "scenario_fingerprint": fingerprint,
             "sha256": digest,
             "path": dg.MetadataValue.path(str(labelled_path)),
             "quarantine_path": dg.MetadataValue.path(str(quarantine_path)),

@@ -52,6 +52,13 @@ def test_scenario_changes_rerun_the_scenario_stage_once_each(world):
     assert len(policy.run_requests) == 1
     assert scenario_change_sensor  # the same object the definitions carry
 
+    # A daemon starting on a home the loop already ingested (no cursor yet) does not re-ingest the same state.
+    _run(defs, "materialize_scenarios_job", instance, resources)
+    fresh = _tick(defs, "scenario_change_sensor", instance, resources)
+    assert not fresh.run_requests and fresh.cursor == policy.cursor
+    (replay / "later.jsonl").write_text("{}\n")
+    assert len(_tick(defs, "scenario_change_sensor", instance, resources, fresh.cursor).run_requests) == 1
+
 
 def test_new_scenarios_build_the_base_then_repin_the_champion_and_a_regression_opens_one_cycle(world):
     home, _, resources, defs, instance = world
@@ -65,6 +72,7 @@ def test_new_scenarios_build_the_base_then_repin_the_champion_and_a_regression_o
     assert not _tick(defs, "champion_repin_sensor", instance, resources, repin.cursor).run_requests
 
     _run(defs, "pin_model_version_job", instance, resources, partition_key=key)
+    assert not _tick(defs, "champion_repin_sensor", instance, resources).run_requests  # a fresh daemon: pinned already
     quiet = _tick(defs, "pin_regression_sensor", instance, resources)
     assert not quiet.run_requests  # the tiny model passes its (lenient) reference: nothing regressed
 
