@@ -1,7 +1,10 @@
 """Repair cycles: one per detected regression of the champion, recorded in `HOME/cycles/<cycle>/cycle.json`.
 
-A cycle is keyed by the pin run whose report regressed, so opening it twice for the same report
-gives the same cycle (the pin-regression sensor's run key is the cycle id).
+A cycle is keyed by what regressed: the model version, the policy it was judged by and the set of
+regressed pins. Re-pinning the same champion (the nightly schedule, a backfill, new replay files)
+and finding the same regression gives the same cycle, and the pin-regression sensor's run key is
+the cycle id, so one regression opens one cycle however often it is seen. To repair it again
+(after a failure or a fix), re-run the cycle: `dagster job backfill -j repair_cycle_job --from C --to C`.
 """
 
 import hashlib
@@ -20,8 +23,8 @@ def cycle_dir(home: Path, cycle: str) -> Path:
 
 
 def cycle_id(report: dict) -> str:
-    """`<model key>-<digest of the report's run and regressed pins>`: stable for one report."""
-    basis = json.dumps({"run": Path(report["run_dir"]).name, "pins": sorted(p["pin"] for p in report["regressed"])})
+    """`<model key>-<digest of the policy and the regressed pins>`: stable for one regression."""
+    basis = json.dumps({"policy": report["policy_digest"], "pins": sorted(p["pin"] for p in report["regressed"])})
     return f"{short(report['model_version'])[:8]}-{hashlib.sha256(basis.encode()).hexdigest()[:12]}"
 
 

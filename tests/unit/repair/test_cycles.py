@@ -30,15 +30,17 @@ def test_opening_twice_gives_the_same_cycle_and_does_not_rewrite_it(tmp_path):
     assert [p.name for p in (tmp_path / "cycles").iterdir()] == [first]
 
 
-def test_the_id_is_the_model_key_and_a_digest_of_run_and_pins():
+def test_the_id_is_the_model_key_and_a_digest_of_policy_and_pins():
     key = cycle_id(_report())
     prefix, digest = key.split("-")
     assert prefix == VERSION[:8] and len(digest) == 12 and int(digest, 16) >= 0
     assert cycle_id(_report(pins=("rewarded atf", "Video Gaming/app"))) == key  # order does not matter
     moved = _report()
     moved["run_dir"] = "/elsewhere/" + moved["run_dir"].rsplit("/", 1)[1]
-    assert cycle_id(moved) == key  # the run's name, not where HOME is
-    assert cycle_id(_report(run="20250102T000000-aaaaaaaa-bbbbbbbb-0001")) != key
+    assert cycle_id(moved) == key
+    # a re-pin of the same champion (nightly, a backfill) that finds the same regression: the same cycle
+    assert cycle_id(_report(run="20250102T000000-aaaaaaaa-bbbbbbbb-0001")) == key
+    assert cycle_id({**_report(), "policy_digest": "q" * 64}) != key
     assert cycle_id(_report(pins=("Video Gaming/app",))) != key
 
 
