@@ -18,7 +18,7 @@ from modelsmith.critics import CriticInput
 from modelsmith.delta import benchmark_delta_for
 from modelsmith.diagnosis import diagnosis_from_dict
 from modelsmith.evaluate import markdown_table
-from modelsmith.model_dir import Registry
+from modelsmith.model_dir import Registry, directory_digest
 from modelsmith.pins import PinSet
 from modelsmith.synthesis import check_disjoint, synthesis_seed, synthesise
 from modelsmith.traces import ATTR_PREFIX, failure_traces
@@ -165,9 +165,17 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         work = home / "adapters" / f".cycle-{key}"
         summary = train_adapter(base.path, rows, work, trainer.recipe(diag.recipe.stages), log=context.log.info)
         final = home / "adapters" / short(summary["digest"])
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(work, final)
+        if final.is_dir() and directory_digest(final) == summary["digest"]:
+            shutil.rmtree(work)  # a re-run trained the same bytes: keep the published copy (it may be the champion)
+        else:
+            if final.exists():  # a damaged copy under this digest's name: set it aside, publish, then delete
+                aside = final.with_name(f".{final.name}.replaced")
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(final, aside)
+                os.replace(work, final)
+                shutil.rmtree(aside)
+            else:
+                os.replace(work, final)
         version = registry.register(final, "adapter", base=base.digest, digest=summary["digest"])
         context.instance.add_dynamic_partitions("model_versions", [version.key])
         storage.put_json(f"cycles/{key}/adapter.json", {**summary, "model_version": version.digest,
