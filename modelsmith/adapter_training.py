@@ -11,7 +11,6 @@ bf16 and gradient checkpointing made CPU steps 10-25x slower here). The adapter 
 written atomically (a temporary sibling, renamed): a killed run leaves no half-written adapter.
 """
 
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
+from modelsmith.atomic import replace_dir
 from modelsmith.model_dir import directory_digest
 
 
@@ -263,10 +263,13 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
             else:
                 set_peft_model_state_dict(tuned, best["weights"])
         adapter_dir = work / "adapter"
+        for cfg in tuned.peft_config.values():
+            # "all-linear" resolves to a set of module names, saved in the order of this process's string
+            # hashes: sorted, adapter_config.json (and so the adapter's digest) is the same in every process.
+            if isinstance(cfg.target_modules, set):
+                cfg.target_modules = sorted(cfg.target_modules)
         tuned.save_pretrained(adapter_dir, safe_serialization=True)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(adapter_dir, out_dir)
+        replace_dir(adapter_dir, out_dir)  # never a half-deleted old adapter or a half-written new one at out_dir
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"stages": stages_run, "requested_stages": list(recipe.stages), "grpo": grpo_summary,

@@ -1,10 +1,14 @@
 """Atomic writes: a temp file in the target's directory, fsync, then rename.
 
-A run killed at any point leaves either the old file or the new one, never half of one.
+A run killed at any point leaves either the old file or the new one, never half of one; what it
+may leave besides is a temp file with a hidden name (`.<name>.<random>.tmp`), which readers skip.
+A write that fails (a full disk, a file size limit) removes its temp file and names the target.
 """
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +28,16 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp_path, target)
         fsync_dir(target.parent)
+    except OSError as e:
+        if e.errno is None:
+            raise
+        # A failed write(2) or fsync(2) names no file ("[Errno 28] No space left on device"), a failed copy
+        # names its source: name the error code and the target (OSError(errno, ...) keeps the subclass).
+        raise OSError(e.errno, f"{e.strerror} ({errno.errorcode.get(e.errno, e.errno)}) writing {target}",
+                      e.filename) from e
+    except Exception as e:  # e.g. a parquet writer's own error on a full disk, which names no file
+        e.add_note(f"while writing {target} (atomically: nothing was published)")
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -41,6 +55,29 @@ def write_with(target: str | os.PathLike[str], writer: Callable[[Path], None]) -
     """Call `writer(tmp_path)` (e.g. a parquet writer) and publish the result atomically."""
     with atomic_path(target) as tmp:
         writer(tmp)
+
+
+def replace_dir(src: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Publish the finished directory `src` (a sibling of `target`) at `target`, replacing any old one.
+
+    Every file of `src` is fsync'd first. An existing `target` is first renamed aside to a hidden temp
+    name and removed only once `src` is in place, so a kill leaves at `target` the old directory,
+    nothing (between the two renames), or the new one; never a half-deleted or half-written one.
+    """
+    src, target = Path(src), Path(target)
+    for root, _, names in os.walk(src):
+        for name in names:
+            with open(Path(root) / name, "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(Path(root))
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.rename(target, old)  # over the empty temp directory: atomic
+    os.rename(src, target)
+    fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def fsync_dir(path: Path) -> None:

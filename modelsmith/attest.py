@@ -52,7 +52,10 @@ The bundle, on disk
     always gives the same tar bytes.
 
     A bundle is immutable once written: it is built in a temporary sibling directory and renamed
-    into place, and writing to an ``out_dir`` (or ``.tar``) that exists is an error.
+    into place, and writing to an ``out_dir`` (or ``.tar``) that exists is an error. A write that
+    fails (a full disk: the error names the file and the bundle) leaves neither. The directory is
+    the commit point: when a writer was killed before the ``.tar``, writing the bundle again writes
+    that tar from the directory (the same bytes) before refusing.
 
 Verification (`verify_bundle`, ``modelsmith bundle verify``) needs no network: it takes the
 directory or the ``.tar`` (extracted to a temporary directory, refusing absolute paths, ``..``,
@@ -317,6 +320,8 @@ def write_bundle(out_dir: Path, files: dict[str, bytes | Path], adapter_dir: Pat
         raise ValueError(f"duplicate attestation names: {sorted(n for n in set(att_names) if att_names.count(n) > 1)}")
     if adapter_dir is not None and not Path(adapter_dir).is_dir():
         raise ValueError(f"adapter directory {adapter_dir} does not exist")
+    if out_dir.is_dir() and (out_dir / BUNDLE_FILE).is_file() and not tar_path.exists():
+        write_tar(out_dir, tar_path)  # a writer killed after publishing the directory: its tar is derived from it
     if out_dir.exists() or tar_path.exists():
         raise FileExistsError(f"bundle {out_dir} already exists: a bundle is immutable once written")
 
@@ -342,13 +347,38 @@ def write_bundle(out_dir: Path, files: dict[str, bytes | Path], adapter_dir: Pat
             os.rename(tmp, out_dir)  # replaces only an empty directory; the check above refuses that too
         except OSError as e:
             raise FileExistsError(f"bundle {out_dir} already exists: a bundle is immutable once written") from e
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        named = _naming(e, out_dir)
+        if named is e:
+            raise
+        raise named from e
     fsync_dir(out_dir.parent)
-    write_tar(out_dir, tar_path)
+    try:
+        write_tar(out_dir, tar_path)
+    except BaseException as e:
+        # A call that fails (e.g. a full disk) leaves no bundle: the directory goes too, renamed aside
+        # first so that no half-removed bundle is ever visible. (A kill here leaves the directory,
+        # whose tar the next write completes.)
+        aside = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.failed")
+        try:
+            os.rename(out_dir, aside)
+        except OSError:
+            aside = out_dir
+        shutil.rmtree(aside, ignore_errors=True)
+        named = _naming(e, out_dir)
+        if named is e:
+            raise
+        raise named from e
     digests = {rel: file_sha256(out_dir / rel) for rel in _walk(out_dir)}
     return BundleInfo(path=out_dir, tar=tar_path, digest=digests[BUNDLE_FILE], files=digests)
+
+
+def _naming(e: BaseException, out_dir: Path) -> BaseException:
+    """An OSError (e.g. ENOSPC) that also names the bundle not written; any other exception as it is."""
+    if not isinstance(e, OSError) or isinstance(e, FileExistsError) or e.errno is None:
+        return e
+    return OSError(e.errno, f"{e.strerror}; bundle {out_dir} not written", e.filename)  # the errno's subclass
 
 
 def write_tar(bundle_dir: Path, tar_path: Path | None = None) -> Path:

@@ -51,6 +51,30 @@ def append(home: Path, action: str, **fields_: object) -> dict:
     return entry
 
 
+def complete_interrupted_move(home: Path) -> str | None:
+    """Finish a champion move the audit log committed but `champion.json` does not show yet.
+
+    The audit entry is the commit point of a decision: the champion record is written after it. A
+    decision killed between the two leaves the record one move behind, still naming the last entry's
+    `champion_before`; this writes the entry's `champion_after` (what the killed decision would
+    have written) and returns it. Anything else (no such lag, or a record that matches neither side)
+    is left alone for `verify` to report. Returns None when there was nothing to finish.
+    """
+    from modelsmith.model_dir import read_champion, write_champion
+
+    log = entries(home)
+    if not log or log[-1].get("action") not in MOVES:
+        return None
+    last = log[-1]
+    champion = read_champion(home)
+    current = champion.model_version if champion else None
+    if not last.get("champion_after") or current == last["champion_after"] or current != last.get("champion_before"):
+        return None
+    write_champion(home, last["champion_after"], by=str(last.get("approver") or last.get("by") or ""),
+                   reason=f"{last['action']} (audit entry {last['seq']}; completed after an interrupted decision)")
+    return last["champion_after"]
+
+
 @dataclass
 class AuditReport:
     ok: bool
@@ -64,7 +88,7 @@ def verify(home: Path) -> AuditReport:
 
     path = audit_path(home)
     errors: list[str] = []
-    prev, last_move = GENESIS, None
+    prev, last_move, last = GENESIS, None, None
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     for n, line in enumerate(lines, start=1):
         try:
@@ -81,13 +105,17 @@ def verify(home: Path) -> AuditReport:
             errors.append(f"{path.name} line {n}: prev does not match the digest of line {n - 1} (removed or reordered?)")
         if entry.get("seq") != n - 1:
             errors.append(f"{path.name} line {n}: seq {entry.get('seq')} where {n - 1} was expected")
-        prev = entry.get("digest")
+        prev, last = entry.get("digest"), entry
         if entry.get("action") in MOVES:
             last_move = entry
     champion = read_champion(home)
     if champion is not None and last_move is None:
         errors.append("champion.json: a champion exists but no audit entry ever set one")
     elif last_move is not None and (champion is None or champion.model_version != last_move.get("champion_after")):
-        errors.append(f"champion.json: holds {champion.model_version[:16] if champion else 'nothing'}, the audit log's "
-                      f"last move set {str(last_move.get('champion_after'))[:16]} (moved outside the gate?)")
+        held = champion.model_version if champion else None
+        why = ("a decision was interrupted after its audit entry; the next gate decision completes it"
+               if held == last_move.get("champion_before") and last_move is last
+               else "moved outside the gate?")
+        errors.append(f"champion.json: holds {held[:16] if held else 'nothing'}, the audit log's "
+                      f"last move set {str(last_move.get('champion_after'))[:16]} ({why})")
     return AuditReport(not errors, len(lines), errors)

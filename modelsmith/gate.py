@@ -6,7 +6,9 @@ the signer's public key, refuses a digest that matches no bundle, a bundle alrea
 bundle built against another champion, and (to approve) a candidate that failed a pin or regressed
 another segment. Every decision is signed (an in-toto Statement with a SLSA verification-summary
 predicate, in a DSSE envelope), recorded under `HOME/decisions/`, and appended to the audit log
-before the champion record is replaced atomically.
+before the champion record is replaced atomically. The audit entry is the commit point: a decision
+killed before it leaves nothing decided (the same decision can be taken again), and one killed after
+it is completed (the champion record moved) by the next call into the gate.
 """
 
 import hashlib
@@ -41,6 +43,8 @@ def bundles(home: Path) -> list[tuple[str, Path]]:
     """(digest, directory) of every bundle in the home, newest first."""
     found = []
     for envelope in Path(home).glob("bundles/*/bundle.dsse.json"):
+        if envelope.parent.name.startswith("."):  # a bundle still being written (or left by a killed writer)
+            continue
         found.append((envelope.stat().st_mtime, file_sha256(envelope), envelope.parent))
     return [(d, p) for _, d, p in sorted(found, reverse=True)]
 
@@ -49,10 +53,17 @@ def decision_path(home: Path, digest: str) -> Path:
     return Path(home) / "decisions" / f"{digest}.json"
 
 
+def decided(home: Path, digest: str) -> dict | None:
+    """The audit entry that decided bundle `digest`, or None. The audit entry is a decision's commit
+    point: a decision record under `decisions/` without one is what a killed decision left behind."""
+    return next((e for e in audit.entries(home)
+                 if e.get("bundle") == digest and e.get("action") in ("approve", "reject")), None)
+
+
 def pending(home: Path) -> str:
     """The newest bundle offered for promotion and not yet decided ('' when there is none): the Launchpad's default."""
     for digest, path in bundles(home):
-        if decision_path(home, digest).exists():
+        if decided(home, digest):
             continue
         if _summary_unverified(path).get("offer_for_promotion"):
             return digest
@@ -79,6 +90,7 @@ def decide(home: Path, decision: Decision, signer, run_id: str = "") -> dict:
         raise GateError("approver: name the person deciding")
     if decision.decision not in DECISIONS:
         raise GateError(f"decision: must be one of {list(DECISIONS)}, got {decision.decision!r}")
+    audit.complete_interrupted_move(home)  # a decision killed after its audit entry moved the champion
     champion = read_champion(home)
     before = champion.model_version if champion else None
     now = datetime.now(UTC).isoformat(timespec="seconds")
@@ -91,9 +103,9 @@ def decide(home: Path, decision: Decision, signer, run_id: str = "") -> dict:
         if not decision.bundle_digest or not match:
             raise GateError(f"bundle_digest: no bundle in {home / 'bundles'} has digest {decision.bundle_digest!r}")
         digest, bundle_dir = decision.bundle_digest, match[0]
-        if decision_path(home, digest).exists():
-            prior = json.loads(decision_path(home, digest).read_text())
-            raise GateError(f"bundle {digest[:16]} was already decided: {prior['decision']} by {prior['approver']} "
+        prior = decided(home, digest)
+        if prior:
+            raise GateError(f"bundle {digest[:16]} was already decided: {prior['action']} by {prior['approver']} "
                             f"at {prior['at']}")
         report = verify_bundle(bundle_dir, signer.public_key_pem())
         if not report.ok:

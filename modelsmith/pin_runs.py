@@ -147,10 +147,12 @@ def history(home: Path) -> pl.DataFrame:
     """Every pin of every run of every version, through DuckDB over the Parquet files in place."""
     import duckdb
 
-    pattern = str(runs_root(home) / "*" / "*" / "metrics.parquet")
-    if not list(runs_root(home).glob("*/*/metrics.parquet")):
+    # Complete runs only: a run killed before its summary.json is not history.
+    files = [str(s.parent / "metrics.parquet") for s in sorted(runs_root(home).glob("*/*/summary.json"))
+             if not s.parent.name.startswith(".") and (s.parent / "metrics.parquet").is_file()]
+    if not files:
         return pl.DataFrame()
     return duckdb.sql(
         f"SELECT created, model_version, policy_digest, scenarios_digest, pin, rows, accuracy, ci_low, ci_high, "
-        f"latency_p99_ms, composite, regressed, passed FROM read_parquet('{pattern}') ORDER BY created, pin"
+        f"latency_p99_ms, composite, regressed, passed FROM read_parquet({files!r}) ORDER BY created, pin"
     ).pl()

@@ -46,6 +46,7 @@ SAMPLE_ROWS = 40  # traced rows shown verbatim: at most half contrast rows, the 
 MAX_VALUES = 8  # values per feature in the error-rate table, most frequent first
 TEXT_COLUMNS = ("domain", "keywords", "title")
 MAX_REASON = 300  # characters of a fallback reason
+MAX_RETRY_WAIT_S = 60.0  # the longest the SDK may sleep before one retry, whatever retry-after says
 
 TOOL: dict[str, Any] = {
     "name": TOOL_NAME,
@@ -80,13 +81,14 @@ class ClaudeCritic:
     name = "claude"
 
     def __init__(self, model: str, api_key: str | None, base_url: str | None = None, max_retries: int = 3,
-                 timeout_s: float = 30.0, *, fallback: Critic) -> None:
+                 timeout_s: float = 30.0, *, fallback: Critic, max_retry_wait_s: float = MAX_RETRY_WAIT_S) -> None:
         self.model = model
         self._api_key = api_key or ""  # private, and the class defines no __repr__ that could show it
         self.base_url = base_url or None
         self.max_retries = max_retries
         self.timeout_s = timeout_s
         self.fallback = fallback
+        self.max_retry_wait_s = max_retry_wait_s
 
     def diagnose(self, inp: CriticInput) -> Diagnosis:
         if not self._api_key:
@@ -95,9 +97,11 @@ class ClaudeCritic:
             import anthropic
         except ImportError:
             return self._fall_back(inp, "claude: the anthropic package is not installed (modelsmith[anthropic])")
-        # The SDK retries 429, 5xx, timeouts and connection errors itself, with backoff (honouring retry-after).
-        with anthropic.Anthropic(api_key=self._api_key, base_url=self.base_url, max_retries=self.max_retries,
-                                 timeout=self.timeout_s) as client:
+        # The SDK retries 429, 5xx, timeouts and connection errors itself, with backoff (honouring retry-after,
+        # up to max_retry_wait_s a retry).
+        client_class = _client_class(anthropic, self.max_retry_wait_s)
+        with client_class(api_key=self._api_key, base_url=self.base_url, max_retries=self.max_retries,
+                          timeout=self.timeout_s) as client:
             return self._ask(client, anthropic, inp)
 
     def _ask(self, client: Any, anthropic: Any, inp: CriticInput) -> Diagnosis:
@@ -169,6 +173,21 @@ class ClaudeCritic:
         if isinstance(value, str):
             return value.replace(self._api_key, "***")
         return json.loads(json.dumps(value).replace(self._api_key, "***"))
+
+
+def _client_class(anthropic: Any, max_wait_s: float) -> type:
+    """`anthropic.Anthropic`, sleeping at most `max_wait_s` before a retry.
+
+    The SDK (2.x) sleeps whatever a 429's retry-after asks, up to about 50 days, and its timeout does
+    not cover that sleep: a "retry-after: 3600" would hold the diagnosis (and the cycle) for an hour
+    per retry instead of falling back. Capped, the retries run out and the fallback critic answers.
+    """
+
+    class CappedRetryWait(anthropic.Anthropic):
+        def _calculate_retry_timeout(self, *args: Any, **kwargs: Any) -> float:
+            return min(super()._calculate_retry_timeout(*args, **kwargs), max_wait_s)
+
+    return CappedRetryWait
 
 
 def _replayable(content: list[Any]) -> list[dict[str, Any]]:
