@@ -80,8 +80,9 @@ def cycle_outcome(home: Path, cycle: str) -> dict:
         out |= {"bundle_path": str(envelope.parent), "bundle_digest": digest}
     if out.get("offer_for_promotion") and "bundle_digest" in out:
         out["verdict"] = "ready for approval"
-        out["next_step"] = ("in the Dagster UI (`dagster dev -w workspace.yaml`), open the Launchpad of promotion_job "
-                            f"(pre-filled with bundle_digest {out['bundle_digest']}), name the approver and launch")
+        out["next_step"] = ("in the Dagster UI (`dagster dev -w workspace.yaml`; if it was already running, click "
+                            "Reload definitions first), open the Launchpad of promotion_job (pre-filled with "
+                            f"bundle_digest {out['bundle_digest']}), name the approver and launch")
     elif "offer_for_promotion" in out:
         out["verdict"] = ("not offered: " + "; ".join(filter(None, [
             f"not repaired: {', '.join(out['not_repaired'])}" if out.get("not_repaired") else "",

@@ -24,3 +24,28 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("MODELSMITH_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def default_base_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded default base model, built once per session exactly as the `base_model` asset builds it.
+
+    Homes that run the default story copy it to `HOME/models/base`, where `build_default` finds a
+    complete build with the same build key and reuses it (the product's own cache), instead of each
+    module spending minutes of CPU on the same deterministic bytes.
+    """
+    from modelsmith.base_model import build_default
+    from resources.model import ModelSettings
+
+    settings = ModelSettings()
+    # MODELSMITH_TEST_BASE_CACHE keeps the build across sessions on a developer's machine (CI builds it once).
+    cache = os.environ.get("MODELSMITH_TEST_BASE_CACHE")
+    models = Path(cache) if cache else tmp_path_factory.mktemp("base-cache") / "models" / "base"
+    build_default(models, settings.pretrain_config(), settings.build_pack_size, log=lambda _: None)
+    return models
+
+
+def seed_default_base(home: Path, models: Path) -> None:
+    import shutil
+
+    shutil.copytree(models, home / "models" / "base", dirs_exist_ok=True)

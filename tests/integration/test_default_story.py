@@ -28,6 +28,7 @@ from modelsmith.cli import main
 from modelsmith.model_dir import Registry, read_champion, short
 from modelsmith.pin_runs import history
 from scenario_data.policy import shipped_policy
+from tests.conftest import seed_default_base
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,9 +40,10 @@ def _loop(*args: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def story(tmp_path_factory, realdata):
+def story(tmp_path_factory, realdata, default_base_models):
     """`modelsmith loop` (v1, then v2, stop at the gate), once for the module: (home, v1 pass, summary)."""
     home = tmp_path_factory.mktemp("story") / "home"
+    seed_default_base(home, default_base_models)  # the session's build: the loop reuses it by build key
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MODELSMITH_HOME", str(home))
         mp.setenv("DAGSTER_HOME", str(home / "dagster"))
