@@ -37,7 +37,11 @@ class PretrainConfig:
 
     seed: int = 0
     epochs_per_round: int = 2
-    max_rounds: int = 8
+    # The learning rate decays linearly over `schedule_rounds` (to a 5 % floor); training stops at the first
+    # round that passes, at most `max_rounds`. Kept apart so the cap can rise without changing the schedule:
+    # the rounds needed vary with the CPU's kernels (3 on one machine, 8 on another, same seed and code).
+    schedule_rounds: int = 8
+    max_rounds: int = 16
     batch_size: int = 64
     learning_rate: float = 5e-3
     warmup_ratio: float = 0.05
@@ -113,7 +117,7 @@ def pretrain(
         inputs, targets = encode(tokenizer, labelled)
         gen = torch.Generator().manual_seed(cfg.seed)
         steps_per_epoch = -(-len(targets) // cfg.batch_size)
-        total = steps_per_epoch * cfg.epochs_per_round * cfg.max_rounds
+        total = steps_per_epoch * cfg.epochs_per_round * cfg.schedule_rounds
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         warmup = max(1, int(cfg.warmup_ratio * steps_per_epoch * cfg.epochs_per_round))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.05, 1 - s / total))
