@@ -112,11 +112,33 @@ def regression_requests(instance: dg.DagsterInstance, home: Path, cursor: int):
         if champion is None or report["model_version"] != champion.model_version:
             continue  # the champion moved since: this report no longer describes it
         cycle = open_cycle(home, report)
+        if cycle in cycles:
+            continue  # the same regression reported twice since the last tick (a re-pin, a backfill): one request
         cycles.append(cycle)
         requests.append(dg.RunRequest(job_name=REPAIR_JOB, partition_key=cycle, run_key=f"cycle-{cycle}",
                                       tags={"modelsmith/trigger": "pin regression", "modelsmith/cycle": cycle}))
     latest = max((r.storage_id for r in records), default=cursor)
     return cycles, requests, latest
+
+
+TRAINING_POOL = "training"  # the adapter asset's pool (modelsmith_assets/repair.py)
+
+
+def ensure_pool_limit(instance: dg.DagsterInstance, pool: str = TRAINING_POOL) -> bool:
+    """Write `pool`'s default limit to the instance before the first runs that need it are queued.
+
+    Dagster's run queue (1.13) writes a pool's default limit on the first dequeue pass that sees a
+    run needing it, but judges that same pass with the pool list it read before, as if the pool had
+    no limit: a burst of training runs queued on a fresh instance (twenty regressions at once) all
+    launch, up to max_concurrent_runs, and train side by side. With the limit written first, the
+    queue holds them back from the start. A limit already there (the default's, or one set with
+    `dagster instance concurrency set`) is left alone; with no default limit configured (the
+    embedded SQLite instance) there is nothing to write. True when it wrote the limit.
+    """
+    storage = instance.event_log_storage
+    if instance.global_op_concurrency_default_limit is None or pool in storage.get_concurrency_keys():
+        return False
+    return bool(storage.initialize_concurrency_limit_to_default(pool))
 
 
 def automation_defs(jobs: dict) -> dg.Definitions:
@@ -138,6 +160,7 @@ def automation_defs(jobs: dict) -> dg.Definitions:
         if not requests:
             return dg.SkipReason("no new regression of the champion")
         context.instance.add_dynamic_partitions(CYCLES, cycles)  # idempotent; before the runs that need them
+        ensure_pool_limit(context.instance)  # before the first training runs reach the queue
         return requests
 
     nightly_repin = dg.ScheduleDefinition(name="nightly_repin", cron_schedule="0 3 * * *", job_name=SCENARIOS_JOB,
