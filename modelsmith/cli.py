@@ -49,16 +49,15 @@ def generate(n: int, seed: int, output: Path, policy_path: str | None) -> None:
               help="Brand-safety domain list file or directory (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON")
 def ingest(paths: tuple[Path, ...], output: Path, domain_lists: tuple[Path, ...], as_json: bool) -> None:
-    """Ingest OpenRTB files or directories into features.parquet and quarantine.parquet."""
-    from scenario_data.ingest import IngestError, ingest_paths, write_result
+    """Ingest OpenRTB files or directories into features.parquet and quarantine.parquet (streamed: memory
+    holds one chunk of requests, not the input)."""
+    from scenario_data.ingest import IngestError, ingest_to_files
     from scenario_data.taxonomy import REFERENCE, load_domain_lists
 
     try:
-        result = ingest_paths(paths, load_domain_lists([REFERENCE / "unsafe.txt", *domain_lists]))
+        s = ingest_to_files(paths, output, load_domain_lists([REFERENCE / "unsafe.txt", *domain_lists]))
     except IngestError as e:
         raise click.ClickException(str(e)) from None
-    write_result(result, output)
-    s = result.summary()
     if as_json:
         click.echo(json.dumps(s))
     else:

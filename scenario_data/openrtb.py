@@ -8,6 +8,7 @@ style of an exchange's 400 message (`imp[1].banner.w: must be >= 0`).
 
 import json
 import math
+import re
 from typing import Any
 
 import polars as pl
@@ -78,7 +79,8 @@ def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 class _NonFinite(ValueError):
-    """NaN, Infinity or a number beyond float range: Python's json accepts them, JSON (RFC 8259) does not."""
+    """NaN, Infinity, a number beyond float range (or an integer past Python's digit limit), or a lone
+    surrogate: Python's json accepts them (or fails with a bare ValueError), JSON (RFC 8259) does not."""
 
 
 def _not_json(name: str) -> float:
@@ -92,6 +94,48 @@ def _finite_float(text: str) -> float:
     return value
 
 
+MAX_INT_DIGITS = 4_300  # Python's own limit on int <-> str conversion (sys.get_int_max_str_digits)
+
+
+def _bounded_int(text: str) -> int:
+    # Without this hook json.loads raises a bare ValueError past Python's digit limit.
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _NonFinite(f"integer of {len(text.lstrip('-'))} digits is out of range")
+    return int(text)
+
+
+# A \uD800-\uDFFF escape: either half of a surrogate pair, or a lone one (which is not a character).
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(obj: Any) -> None:
+    """Raise when a string in `obj` holds a lone UTF-16 surrogate: not a character, and polars and Arrow
+    (which hold text as UTF-8) cannot represent it."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise _NonFinite("a string holds a lone UTF-16 surrogate escape (\\uD800-\\uDFFF), "
+                         "which is not a Unicode character") from None
+
+
+MAX_DEPTH = 512  # nesting levels of arrays and objects; OpenRTB needs about ten
+
+
+def _too_deep(obj: Any, text: str) -> bool:
+    """More than MAX_DEPTH nested arrays/objects. Past ~1,000 json.loads itself fails (RecursionError), at a
+    depth that depends on the caller's stack; this fixed limit makes the verdict the same everywhere."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack += [(c, depth + 1) for c in children if isinstance(c, dict | list)]
+    return False
+
+
 def parse_json(raw: bytes) -> Any:
     """Parse one request body; refuse non-UTF-8 and non-JSON with where parsing stopped."""
     try:
@@ -99,13 +143,19 @@ def parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError as e:
         raise RequestError("", f"body is not UTF-8 (invalid byte at offset {e.start})") from None
     try:
-        return json.loads(text, object_pairs_hook=_first_wins, parse_constant=_not_json, parse_float=_finite_float)
+        obj = json.loads(text, object_pairs_hook=_first_wins, parse_constant=_not_json, parse_float=_finite_float,
+                         parse_int=_bounded_int)
+        if SURROGATE_ESCAPE.search(text):
+            _refuse_lone_surrogates(obj)
+        if isinstance(obj, dict | list) and _too_deep(obj, text):
+            raise RecursionError
     except json.JSONDecodeError as e:
         raise RequestError("", f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except _NonFinite as e:
         raise RequestError("", f"body is not valid JSON: {e}") from None
     except RecursionError:
-        raise RequestError("", "body is not valid JSON: nested too deeply") from None
+        raise RequestError("", f"body is not valid JSON: nested too deeply (over {MAX_DEPTH} levels)") from None
+    return obj
 
 
 def _type_walk(value: Any, spec: Any, path: str) -> None:
@@ -233,7 +283,9 @@ def _validate_native(native: dict[str, Any], p: str) -> None:
     if isinstance(request, str):
         try:
             payload = json.loads(request)
-        except (json.JSONDecodeError, RecursionError):
+            if isinstance(payload, dict | list) and _too_deep(payload, request):
+                raise RecursionError
+        except (ValueError, RecursionError):  # not JSON, a number past the digit limit, nested too deeply
             raise RequestError(f"{p}.request", "must be a JSON-encoded native request") from None
     else:
         payload = request
