@@ -19,6 +19,7 @@ writes one pin per vertical x inventory type with enough rows, which is what the
 """
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,8 @@ from typing import Any
 import polars as pl
 import yaml
 
-from scenario_data.policy import Condition, PolicyError, _line_of, _mapping_get, _parse_conditions
+from scenario_data.policy import (Condition, PolicyError, _line_of, _mapping_get, _parse_conditions, duplicate_key,
+                                  load_yaml)
 from modelsmith.stats import TESTS
 
 DEFAULT_PINS = Path(__file__).parent / "defaults" / "pins.yaml"
@@ -86,11 +88,13 @@ def _err(source: str, line: int, pin: str | None, fld: str | None, msg: str) -> 
 
 def parse_pins(text: str, source: str = "<pins>") -> PinSet:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        doc = yaml.safe_load(text)
+        root, doc = load_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise _err(source, mark.line + 1 if mark else 0, None, None, f"not valid YAML: {e}") from None
+    dup = duplicate_key(root)
+    if dup:
+        raise _err(source, dup[1], None, dup[0], f"duplicate key (first at line {dup[2]})")
     if not isinstance(doc, dict) or not isinstance(root, yaml.MappingNode):
         raise _err(source, 1, None, None, "a pin file must be a mapping with `pins`")
     unknown = set(doc) - {"version", "description", "defaults", "regression", "pins"}
@@ -130,9 +134,14 @@ def _threshold(key: str, value: Any, source: str, line: int, pin: str | None) ->
     if key not in THRESHOLDS:
         raise _err(source, line, pin, key, f"unknown field; known: {sorted(THRESHOLDS)}")
     lo, hi = THRESHOLDS[key]
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    try:
+        finite = number and math.isfinite(float(value))  # .nan compares false both ways: it would disable the pin
+    except OverflowError:
+        finite = False
+    if not finite or value < lo or (hi is not None and value > hi):
         bound = f"within [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise _err(source, line, pin, key, f"must be a number {bound}, got {value!r}")
+        raise _err(source, line, pin, key, f"must be a finite number {bound}, got {value!r}"[:200])
     return float(value)
 
 

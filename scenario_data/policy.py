@@ -14,6 +14,7 @@ descriptions and comments do not change it. Every label records that digest and 
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,10 @@ class Condition:
                 e = col == self.value
             case "ne":
                 e = col != self.value
+            case "in" | "not_in" if self.feature in NUMERIC:
+                # As floats: a list mixing 1 and 2.5 (or an integer past int64) is one list to polars.
+                hit = col.cast(pl.Float64).is_in([float(v) for v in self.value])
+                e = hit if self.op == "in" else ~hit
             case "in":
                 e = col.is_in(list(self.value))
             case "not_in":
@@ -166,14 +171,62 @@ def _mapping_get(node: yaml.MappingNode, key: str) -> yaml.Node | None:
     return None
 
 
+def duplicate_key(root: yaml.Node | None) -> tuple[str, int, int] | None:
+    """The first key (by line) that one mapping holds twice, as (key, line, line of the first one).
+
+    YAML forbids duplicate keys, but PyYAML keeps the last silently, which would let a second
+    `decision:` or `default:` override the first unseen (and line numbers point at the first)."""
+    found: list[tuple[int, str, int]] = []
+    stack, visited = [root], set()
+    while stack:  # iterative, and each node once: aliases share nodes
+        node = stack.pop()
+        if node is None or id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                    line = k.start_mark.line + 1
+                    if (k.tag, k.value) in first:
+                        found.append((line, k.value, first[(k.tag, k.value)]))
+                    first.setdefault((k.tag, k.value), line)
+                stack += [k, v]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+    if not found:
+        return None
+    line, key, first_line = min(found)
+    return key, line, first_line
+
+
+# libyaml's safe loader when PyYAML has it: the same documents and marks, and it refuses nesting past
+# 1,000 levels at once, where the pure-Python parser takes seconds to reach a RecursionError.
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_yaml(text: str) -> tuple[yaml.Node | None, Any]:
+    """(node tree, document) of `text` with the safe loader. What PyYAML raises besides YAMLError becomes
+    one: RecursionError (deep nesting, pure-Python parser) and ValueError from building a value (an
+    integer past Python's 4,300-digit limit, a timestamp such as 2001-13-45)."""
+    try:
+        return yaml.compose(text, Loader=SAFE_LOADER), yaml.load(text, Loader=SAFE_LOADER)  # noqa: S506 (safe)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+    except ValueError as e:
+        raise yaml.YAMLError(f"a value cannot be read: {str(e)[:200]}") from None
+
+
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
     """Parse and validate a policy; every error names the source, the rule and the line."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        doc = yaml.safe_load(text)
+        root, doc = load_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise _err(source, mark.line + 1 if mark else 0, None, f"not valid YAML: {e}") from None
+    dup = duplicate_key(root)
+    if dup:
+        raise _err(source, dup[1], None, f"duplicate key {dup[0]!r} (first at line {dup[2]})")
     if not isinstance(doc, dict) or not isinstance(root, yaml.MappingNode):
         raise _err(source, 1, None, "a policy must be a mapping with name, version, rules and default")
     unknown = set(doc) - {"name", "version", "description", "rules", "default"}
@@ -250,24 +303,36 @@ def _check_value(feature: str, op: str, value: Any, source: str, line: int, rule
             ok = isinstance(v, (int, float)) and not isinstance(v, bool)
         else:
             ok = isinstance(v, str)
+        if ok and feature in NUMERIC:
+            try:
+                ok = math.isfinite(float(v))  # not .nan or .inf: a threshold no value can meet (or miss)
+            except OverflowError:
+                ok = False  # an integer beyond float range
         if not ok:
-            kind = "true/false" if feature in BOOLEAN else "a number" if feature in NUMERIC else "a string"
-            raise _err(source, line, rule, f"{feature}.{op}: bad threshold {v!r}; must be {kind}")
+            kind = "true/false" if feature in BOOLEAN else "a finite number" if feature in NUMERIC else "a string"
+            raise _err(source, line, rule, f"{feature}.{op}: bad threshold {_short(v)}; must be {kind}")
         if feature in ("ad_density", "paid_traffic") and not 0.0 <= v <= 1.0:
             raise _err(source, line, rule, f"{feature}.{op}: bad threshold {v!r}; a share must be within [0, 1]")
         if feature in NUMERIC and v < 0:
             raise _err(source, line, rule, f"{feature}.{op}: bad threshold {v!r}; must be >= 0")
 
 
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
 def _check_reachability(rules: tuple[Rule, ...], source: str) -> None:
     seen: dict[str, int] = {}
+    # Each rule's condition set once (quadratic in rules, not in rules x conditions x re-hashing).
+    sets = [frozenset(tuple(map(_hashable, c.canonical())) for c in r.conditions) for r in rules]
     for i, rule in enumerate(rules):
         if rule.name in seen:
             raise _err(source, rule.line, rule.name, f"duplicate rule name (first at line {seen[rule.name]})")
         seen[rule.name] = rule.line
-        mine = {tuple(map(_hashable, c.canonical())) for c in rule.conditions}
-        for earlier in rules[:i]:
-            theirs = {tuple(map(_hashable, c.canonical())) for c in earlier.conditions}
+        mine = sets[i]
+        for j, earlier in enumerate(rules[:i]):
+            theirs = sets[j]
             if earlier.at_least is None and rule.at_least is None and theirs <= mine:
                 what = "conflicting" if theirs == mine and earlier.decision != rule.decision else "unreachable"
                 raise _err(
@@ -277,10 +342,7 @@ def _check_reachability(rules: tuple[Rule, ...], source: str) -> None:
                     f"{what}: every row it matches is already decided by rule {earlier.name!r} "
                     f"(line {earlier.line}) as {earlier.decision}",
                 )
-            if earlier.at_least is not None and earlier.canonical() | {"name": "", "decision": ""} == rule.canonical() | {
-                "name": "",
-                "decision": "",
-            }:
+            if earlier.at_least is not None and (earlier.at_least, theirs) == (rule.at_least, mine):
                 raise _err(source, rule.line, rule.name, f"conflicting: same conditions as rule {earlier.name!r}")
 
 
