@@ -241,10 +241,30 @@ def _verifying_key(public_key_pem: str, name: str) -> SSlibKey:
         raise VerificationError(name, f"cannot verify: the public key is not an Ed25519 public key PEM ({e})") from None
 
 
+def _not_a_number(text: str) -> float:
+    raise ValueError(f"{text} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:30]} is out of range")
+    return value
+
+
+def _json(data: bytes) -> Any:
+    """Strict JSON: every failure is a ValueError (not UTF-8, not JSON, NaN or Infinity, a number out of
+    range or past Python's digit limit, nested too deeply), so no bundle file can crash the verifier."""
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_not_a_number, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def _parse_envelope(data: bytes, name: str) -> Envelope:
     try:
-        raw = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raw = _json(data)
+    except ValueError as e:
         raise VerificationError(name, f"not a DSSE envelope: not valid JSON ({e})") from None
     if not isinstance(raw, dict) or set(raw) != {"payload", "payloadType", "signatures"}:
         found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
@@ -271,19 +291,23 @@ def _parse_envelope(data: bytes, name: str) -> Envelope:
 
 def _parse_statement(payload: bytes, name: str) -> dict:
     try:
-        stmt = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        stmt = _json(payload)
+    except ValueError as e:
         raise VerificationError(name, f"payload is not JSON ({e})") from None
     if not isinstance(stmt, dict) or stmt.get("_type") != STATEMENT_TYPE:
         raise VerificationError(name, f"payload is not an in-toto Statement v1 (_type {STATEMENT_TYPE})")
-    if canonical_json(stmt) != payload:
+    try:
+        canonical = canonical_json(stmt) == payload
+    except (ValueError, RecursionError):
+        canonical = False
+    if not canonical:
         raise VerificationError(name, "payload is not canonical JSON")
     if set(stmt) != _STATEMENT_FIELDS:
         raise VerificationError(name, f"statement fields are {sorted(stmt)}, expected {sorted(_STATEMENT_FIELDS)}")
     try:
         statement(stmt["subject"], stmt["predicateType"], stmt["predicate"])
-    except (ValueError, TypeError) as e:
-        raise VerificationError(name, f"malformed in-toto statement: {e}") from None
+    except (ValueError, TypeError, RecursionError) as e:
+        raise VerificationError(name, f"malformed in-toto statement: {e or 'nested too deeply'}") from None
     return stmt
 
 
@@ -419,9 +443,14 @@ def _tar_path(bundle_dir: Path) -> Path:
     return bundle_dir.with_name(bundle_dir.name + ".tar")
 
 
+MAX_NAME = 200  # characters of a payload or attestation name (file systems stop at 255 bytes)
+
+
 def _check_name(name: str, what: str) -> None:
     if not isinstance(name, str) or not name or name in (".", "..") or not set(name) <= _NAME_CHARS:
         raise ValueError(f"{what} name {name!r}: use letters, digits, '.', '_' and '-' only (top level, no '/')")
+    if len(name) > MAX_NAME:
+        raise ValueError(f"{what} name {name[:40]!r}...: {len(name)} characters, at most {MAX_NAME}")
 
 
 def _put(target: Path, content: bytes | Path) -> None:
@@ -528,8 +557,9 @@ def _verify_dir(root: Path, public_key_pem: str | None) -> VerifyReport:
     errors: list[str] = []
     statements: dict[str, dict] = {}
     warning = None
-    present, links = _files_and_links(root)
+    present, links, special = _files_and_links(root)
     errors += [f"{rel}: is a symbolic link, not a file" for rel in links]
+    errors += [f"{rel}: is not a regular file (a FIFO, socket or device); a bundle holds files only" for rel in special]
     digest = file_sha256(root / BUNDLE_FILE) if BUNDLE_FILE in present else ""
 
     if public_key_pem is None:
@@ -634,8 +664,10 @@ def _verify_dir(root: Path, public_key_pem: str | None) -> VerifyReport:
                         signatures=signatures, key_id=key_id, warning=warning)
 
 
-def _files_and_links(root: Path) -> tuple[set[str], set[str]]:
-    files, links = set(), set()
+def _files_and_links(root: Path) -> tuple[set[str], set[str], set[str]]:
+    """(regular files, symbolic links, anything else but directories), relative to `root`; nothing is
+    opened, so a FIFO cannot block the verifier."""
+    files, links, special = set(), set(), set()
     for dirpath, dirs, names in os.walk(root):
         for n in names + [d for d in dirs if (Path(dirpath) / d).is_symlink()]:
             path = Path(dirpath) / n
@@ -645,7 +677,9 @@ def _files_and_links(root: Path) -> tuple[set[str], set[str]]:
                 links.add(rel)
             elif stat.S_ISREG(mode):
                 files.add(rel)
-    return files, links
+            else:
+                special.add(rel)
+    return files, links, special
 
 
 def _subject_digests(stmt: dict, name: str, errors: list[str]) -> dict[str, str]:

@@ -76,9 +76,10 @@ def _summary_unverified(bundle_dir: Path) -> dict:
 
     try:
         envelope = json.loads((bundle_dir / "bundle.dsse.json").read_text())
-        return json.loads(base64.b64decode(envelope["payload"]))["predicate"]
-    except (OSError, ValueError, KeyError):
+        predicate = json.loads(base64.b64decode(envelope["payload"]))["predicate"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # any unreadable file: nothing to pre-fill
         return {}
+    return predicate if isinstance(predicate, dict) else {}
 
 
 def decide(home: Path, decision: Decision, signer, run_id: str = "") -> dict:
