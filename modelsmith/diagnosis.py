@@ -8,10 +8,11 @@ schema of the record a critic fills in (the Claude critic's tool input).
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from scenario_data.policy import OPS, POLICY_FEATURES
+from scenario_data.policy import OPS, POLICY_FEATURES, PolicyError, _parse_conditions
 
 STAGES = ("sft", "grpo")
 RECIPES = (("sft",), ("sft", "grpo"))
@@ -117,6 +118,16 @@ def _fail(fld: str, msg: str) -> DiagnosisError:
     return DiagnosisError(f"diagnosis field {fld!r}: {msg}")
 
 
+def _finite(x: Any) -> bool:
+    """A JSON number that is a real number: not a bool, NaN, an infinity or an integer beyond float range."""
+    if not isinstance(x, int | float) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
+
+
 def validate_diagnosis(raw: Any, *, cycle: str, known_segments: set[str], provenance: Provenance) -> Diagnosis:
     """Turn a critic's raw answer into a `Diagnosis`, refusing anything outside what exists and the bounds."""
     if not isinstance(raw, dict):
@@ -139,15 +150,18 @@ def validate_diagnosis(raw: Any, *, cycle: str, known_segments: set[str], proven
     for i, f in enumerate(raw["features"]):
         if not isinstance(f, dict) or f.get("feature") not in POLICY_FEATURES:
             raise _fail(f"features[{i}].feature", f"must be one of the feature columns {list(POLICY_FEATURES)}")
+        extra = set(f) - set(DIAGNOSIS_SCHEMA["properties"]["features"]["items"]["properties"])
+        if extra:
+            raise _fail(f"features[{i}]", f"unknown keys {sorted(extra)[:5]}")
         values = f.get("values", [])
         if not isinstance(values, list) or not all(isinstance(v, str | int | float | bool) for v in values):
             raise _fail(f"features[{i}].values", "must be a list of values")
         lift = f.get("error_lift")
-        if not isinstance(lift, int | float) or isinstance(lift, bool) or lift < 0:
-            raise _fail(f"features[{i}].error_lift", f"must be a number >= 0, got {lift!r}")
+        if not _finite(lift) or lift < 0:
+            raise _fail(f"features[{i}].error_lift", f"must be a finite number >= 0, got {lift!r}")
         attribution = f.get("attribution", 0.0)
-        if not isinstance(attribution, int | float) or isinstance(attribution, bool):
-            raise _fail(f"features[{i}].attribution", f"must be a number, got {attribution!r}")
+        if not _finite(attribution):
+            raise _fail(f"features[{i}].attribution", f"must be a finite number, got {attribution!r}")
         findings.append(FeatureFinding(f["feature"], tuple(str(v) for v in values), float(lift), float(attribution)))
     hypothesis = raw["hypothesis"]
     if not isinstance(hypothesis, str) or not hypothesis.strip() or len(hypothesis) > 600:
@@ -157,9 +171,13 @@ def validate_diagnosis(raw: Any, *, cycle: str, known_segments: set[str], proven
         raise _fail("confidence", f"must be a number in [0, 1], got {confidence!r}")
     synthesis = _synthesis(raw["synthesis"])
     recipe = raw["recipe"]
-    stages = tuple(recipe.get("stages", ())) if isinstance(recipe, dict) else ()
+    if isinstance(recipe, dict) and set(recipe) - {"stages"}:  # e.g. epochs or a learning rate: not the critic's
+        raise _fail("recipe", f"unknown keys {sorted(set(recipe) - {'stages'})[:5]}; a recipe names its stages only")
+    listed = recipe.get("stages") if isinstance(recipe, dict) else None
+    stages = tuple(listed) if isinstance(listed, list) else ()
     if stages not in RECIPES:
-        raise _fail("recipe.stages", f"must be one of {[list(r) for r in RECIPES]}, got {list(stages)}")
+        given = recipe.get("stages") if isinstance(recipe, dict) else recipe
+        raise _fail("recipe.stages", f"must be one of {[list(r) for r in RECIPES]}, got {given!r}"[:300])
     return Diagnosis(cycle, tuple(segments), tuple(findings), hypothesis.strip(), float(confidence), synthesis,
                      TrainingRecipe(stages), provenance)
 
@@ -178,6 +196,10 @@ def _synthesis(raw: Any) -> SynthesisSpec:
         for op in cond:
             if op not in OPS[feature]:
                 raise _fail(f"synthesis.filters.{feature}", f"operator {op!r} not allowed; allowed: {list(OPS[feature])}")
+        try:  # the values too, as synthesis will read them: a wrong type or a non-finite threshold is refused here
+            _parse_conditions(feature, cond, "<diagnosis>", 0, "synthesis.filters")
+        except PolicyError as e:
+            raise _fail(f"synthesis.filters.{feature}", str(e).split(": ", 2)[-1]) from None
         clean[feature] = dict(cond)
     rows = raw.get("rows")
     if not isinstance(rows, int) or isinstance(rows, bool) or not ROWS_BOUNDS[0] <= rows <= ROWS_BOUNDS[1]:
