@@ -5,6 +5,8 @@ when the code location loads: reload it after a cycle). The approver, the decisi
 the reviewer's to fill in.
 """
 
+from typing import Literal
+
 import dagster as dg
 from pydantic import Field
 
@@ -19,7 +21,8 @@ GROUP = "gate"
 
 class PromotionConfig(dg.Config):
     approver: str = Field(description="Who decides (recorded and signed)")
-    decision: str = Field("approve", description=f"One of {list(DECISIONS)}")
+    decision: Literal["approve", "reject", "rollback"] = Field(
+        "approve", description=f"One of {list(DECISIONS)}: the Launchpad refuses anything else")
     bundle_digest: str = Field("", description="SHA-256 of the bundle.dsse.json you reviewed")
     note: str = Field("", description="Why")
     rollback_to: str = Field("", description="For a rollback: the earlier champion's version key or digest")

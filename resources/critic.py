@@ -311,8 +311,10 @@ class CriticSettings(dg.ConfigurableResource):
     api_key: str = Field("", repr=False, description="Anthropic API key; production passes "
                          "dg.EnvVar('ANTHROPIC_API_KEY'). Empty: the claude critic falls back without calling")
     base_url: str = Field("", description="Messages API base URL; empty: the SDK's default")
-    max_retries: int = Field(3, description="Retries of 429, 5xx, timeouts and connection errors (the SDK's backoff)")
-    timeout_s: float = Field(30.0, description="Timeout of one request, in seconds")
+    max_retries: int = Field(3, ge=0, le=20,
+                             description="Retries of 429, 5xx, timeouts and connection errors (the SDK's backoff)")
+    timeout_s: float = Field(30.0, gt=0, le=3_600, allow_inf_nan=False,
+                             description="Timeout of one request, in seconds")
 
     def build(self) -> Critic:
         from modelsmith.statistical_critic import StatisticalCritic

@@ -237,7 +237,8 @@ class InferenceSettings(dg.ConfigurableResource):
 
     engine: str = Field("transformers", description="'transformers' (CPU or CUDA) or 'vllm' (CUDA, the gpu extra)")
     device: str = Field("auto", description="transformers device: auto, cpu, cuda, cuda:1, ...")
-    batch_size: int = Field(64, description="Rows per forward pass; a row's latency is its batch's wall time")
+    batch_size: int = Field(64, ge=1, le=65_536,
+                            description="Rows per forward pass; a row's latency is its batch's wall time")
     merge_champion: bool = Field(False, description="Serve a champion adapter merged into the base weights "
                                                     "(transformers engine); other versions are attached and swapped")
 

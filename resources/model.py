@@ -16,9 +16,12 @@ class ModelSettings(dg.ConfigurableResource):
     """
 
     base_model_dir: str = Field("", description="A Hugging Face causal-LM directory; empty builds the embedded default")
-    build_pack_size: int = Field(10_000, description="Requests in the v1 pack the default model is trained on")
-    build_seed: int = Field(0, description="Seed of that pack and of the training run (the build is deterministic)")
-    max_rounds: int = Field(8, description="Most rounds of pre-training epochs before the build gives up on the pins")
+    build_pack_size: int = Field(10_000, ge=1, le=100_000_000,
+                                 description="Requests in the v1 pack the default model is trained on")
+    build_seed: int = Field(0, ge=0, lt=2**32,
+                            description="Seed of that pack and of the training run (the build is deterministic)")
+    max_rounds: int = Field(16, ge=1, le=1_000,
+                            description="Most rounds of pre-training epochs before the build gives up on the pins")
 
     def user_model(self) -> Path | None:
         if not self.base_model_dir:

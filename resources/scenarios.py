@@ -22,8 +22,8 @@ class ScenarioSettings(dg.ConfigurableResource):
     policy_path: str = Field("", description="The active ground-truth policy (YAML); empty: HOME/policy.yaml "
                                              "(`modelsmith policy activate FILE`), else the shipped policy v1")
     replay_dir: str = Field("", description="Real replay files (JSON, JSONL, gzip'd JSONL, Parquet); default HOME/replay")
-    pack_size: int = Field(10_000, description="Requests in the generated default scenario pack")
-    pack_seed: int = Field(0, description="Seed of the generated default scenario pack")
+    pack_size: int = Field(10_000, ge=1, le=100_000_000, description="Requests in the generated default scenario pack")
+    pack_seed: int = Field(0, ge=0, description="Seed of the generated default scenario pack")
     domain_lists: list[str] = Field(
         default_factory=list, description="Extra brand-safety domain list files or directories (one domain a line)"
     )

@@ -9,21 +9,30 @@ from modelsmith.adapter_training import AdapterRecipe, GrpoSettings, LoraSetting
 class TrainerSettings(dg.ConfigurableResource):
     """Defaults measured on the default story (see the README's repair section); change them in the Launchpad."""
 
-    lora_r: int = Field(8, description="LoRA rank")
-    lora_alpha: int = Field(16, description="LoRA alpha")
-    target_modules: str = Field("all-linear", description="peft target modules ('all-linear' or comma-separated names)")
-    learning_rate: float = Field(3e-3, description="SFT learning rate (cosine schedule)")
-    epochs: int = Field(10, description="SFT epochs; the best epoch on the held-out slice is kept")
-    batch_size: int = Field(32, description="SFT batch size")
-    seed: int = Field(0, description="Training seed")
-    heldout_fraction: float = Field(0.1, description="Share of the synthetic rows held out for early stopping")
-    replay_weight: float = Field(1.0, description="Weight of held-out replay accuracy against target accuracy")
-    stages: str = Field("", description="'' follows the diagnosis's recipe; 'sft' or 'sft,grpo' overrides it")
-    grpo_learning_rate: float = Field(1e-3, description="GRPO learning rate")
-    grpo_steps: int = Field(60, description="GRPO steps")
-    grpo_num_generations: int = Field(8, description="Completions sampled per prompt (the group)")
-    grpo_temperature: float = Field(1.5, description="Sampling temperature (1.0 gives a confident model no advantage)")
-    grpo_tolerance: float = Field(0.005, description="Held-out accuracy on other rows GRPO may cost and still be kept")
+    # Bounds: bad run config fails when the run starts, naming the field (a Dagster resource error),
+    # not as a KeyError, a hang or NaN weights in the trainer.
+    lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank")
+    lora_alpha: int = Field(16, ge=1, le=65_536, description="LoRA alpha")
+    target_modules: str = Field("all-linear",
+                                description="peft target modules ('all-linear' or comma-separated names)")
+    learning_rate: float = Field(3e-3, gt=0, le=1, allow_inf_nan=False,
+                                 description="SFT learning rate (cosine schedule)")
+    epochs: int = Field(10, ge=1, le=1_000, description="SFT epochs; the best epoch on the held-out slice is kept")
+    batch_size: int = Field(32, ge=1, le=65_536, description="SFT batch size")
+    seed: int = Field(0, ge=0, lt=2**32, description="Training seed")
+    heldout_fraction: float = Field(0.1, gt=0, lt=1,
+                                    description="Share of the synthetic rows held out for early stopping")
+    replay_weight: float = Field(1.0, ge=0, le=1_000, allow_inf_nan=False,
+                                 description="Weight of held-out replay accuracy against target accuracy")
+    stages: str = Field("", pattern=r"^\s*(sft\s*(,\s*grpo\s*)?)?$",
+                        description="'' follows the diagnosis's recipe; 'sft' or 'sft,grpo' overrides it")
+    grpo_learning_rate: float = Field(1e-3, gt=0, le=1, allow_inf_nan=False, description="GRPO learning rate")
+    grpo_steps: int = Field(60, ge=1, le=1_000_000, description="GRPO steps")
+    grpo_num_generations: int = Field(8, ge=2, le=1_024, description="Completions sampled per prompt (the group)")
+    grpo_temperature: float = Field(1.5, gt=0, le=10, allow_inf_nan=False,
+                                    description="Sampling temperature (1.0 gives a confident model no advantage)")
+    grpo_tolerance: float = Field(0.005, ge=0, le=1,
+                                  description="Held-out accuracy on other rows GRPO may cost and still be kept")
 
     def recipe(self, stages: tuple[str, ...]) -> AdapterRecipe:
         if self.stages:
