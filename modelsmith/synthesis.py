@@ -131,6 +131,27 @@ def synthesise(spec: SynthesisSpec, policy: Policy, seed: int, pin_scenarios: pl
     return SynthesisResult(rows, generated, by_id, by_content)
 
 
+ANCHOR_RULE = "anchor: the champion's decision"
+
+
+def anchor_to_champion(rows: pl.DataFrame, champion_decisions: list[str]) -> pl.DataFrame:
+    """Replay and near-miss rows learn the champion's own decision; target rows keep the policy's.
+
+    Outside the regressed segment a repair must keep what the champion does, including the few rows
+    it gets wrong there: they are not what this cycle repairs, and no pin asked for them. Labelled by
+    the policy instead, those rows (about 3 % of fresh replay rows, gathered in the small segments the
+    champion generalises least well) taught the adapter to change those segments, and it flipped rows
+    the pins hold there: eight small site pins were flagged on the default story. `rule` says which
+    rows were anchored; `policy_digest` stays the policy the targets were labelled by.
+    """
+    if len(champion_decisions) != rows.height:
+        raise ValueError(f"{len(champion_decisions)} champion decisions for {rows.height} rows")
+    target = pl.col("source") == "target"
+    decided = pl.Series("champion", champion_decisions, dtype=pl.String)
+    return rows.with_columns(pl.when(target).then(pl.col("expected")).otherwise(decided).alias("expected"),
+                             pl.when(target).then(pl.col("rule")).otherwise(pl.lit(ANCHOR_RULE)).alias("rule"))
+
+
 def synthesis_seed(policy_digest: str, diagnosis) -> int:
     """The generator seed of a cycle's dataset: a function of what is asked (policy, spec, implicated values).
 

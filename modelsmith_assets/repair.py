@@ -20,7 +20,7 @@ from modelsmith.diagnosis import diagnosis_from_dict
 from modelsmith.evaluate import markdown_table
 from modelsmith.model_dir import Registry, directory_digest
 from modelsmith.pins import PinSet
-from modelsmith.synthesis import check_disjoint, synthesis_seed, synthesise
+from modelsmith.synthesis import anchor_to_champion, check_disjoint, synthesis_seed, synthesise
 from modelsmith.traces import ATTR_PREFIX, failure_traces
 from modelsmith_assets.executors import gpu_step_tags
 from modelsmith_assets.model import engine_for, labelled_auctions, pin_version
@@ -110,8 +110,9 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
                               description="No training row is a pin scenario, by request id or by content"),
         ],
     )
-    def synthetic_dataset(context: dg.AssetExecutionContext, storage: StorageEngine, signer: SignerSettings):
-        """Targeted rows in the failing segment plus a replay buffer, labelled by the active policy, with signed lineage."""
+    def synthetic_dataset(context: dg.AssetExecutionContext, storage: StorageEngine, signer: SignerSettings,
+                          inference: InferenceSettings):
+        """Targeted rows labelled by the policy, plus replay and near misses anchored to the champion; signed lineage."""
         from modelsmith.lineage import build_lineage, write_lineage
         from scenario_data.expectations import validate_training_rows
 
@@ -122,7 +123,12 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         seed = synthesis_seed(policy.digest, diag)
         implicated = {f.feature: f.values for f in diag.features if f.values}
         result = synthesise(diag.synthesis, policy, seed, pin_scenarios, implicated)
-        rows = result.rows
+        registry = Registry(home)
+        champion = engine_for(registry.get(read_cycle(home, key)["model_version"]), registry, inference)
+        rows = anchor_to_champion(result.rows, champion.decide(result.rows).decision)
+        moved = int(((rows["expected"] != result.rows["expected"])).sum())
+        context.log.info(f"{moved} of {int((rows['source'] != 'target').sum())} replay and near-miss rows take the "
+                         "champion's decision over the policy's")
         out = home / "datasets" / key
         write_with(out / "rows.parquet", lambda tmp: rows.write_parquet(tmp))
         lineage = build_lineage(rows.to_dicts(), policy_digest=policy.digest, generator_seed=seed,
@@ -134,6 +140,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
             "replay_rows": int((rows["source"] == "replay").sum()),
             "contrast_rows": int((rows["source"] == "contrast").sum()), "requests_generated": result.requests_generated,
             "excluded_by_request_id": result.excluded_by_id, "excluded_by_content": result.excluded_by_content,
+            "anchored_rows_unlike_policy": moved,
             "policy_digest": policy.digest, "generator_seed": seed, "merkle_root": lineage.root,
             "signed_by": lineage.key_id, "path": dg.MetadataValue.path(str(out / "rows.parquet")),
             "sources": dg.MetadataValue.md(to_markdown(counts)),
