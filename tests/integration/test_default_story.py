@@ -93,13 +93,24 @@ def test_v1_passes_every_pin_and_v2_regresses_gaming_only(home, story):
     assert gaming.filter(gaming["model_version"] == champion.model_version)["passed"].to_list() == [True, False]
 
 
-def test_one_cycle_repairs_gaming_with_nothing_flagged(home, story):
+def offered(story) -> bool:
+    """Whether the cycle's candidate reached the gate. Machine-dependent on the default base model: the
+    same seed and code gave a clean repair on an AVX-512 machine and three flagged site pins on an
+    AMD EPYC without it (README, "The repair chain"); each test checks what must hold either way."""
+    return story[2]["offer_for_promotion"]
+
+
+def test_one_cycle_repairs_gaming_and_offers_it_only_when_nothing_is_flagged(home, story):
     v2 = story[2]
-    assert v2["cycle_success"] and v2["verdict"] == "ready for approval", v2
-    assert v2["repaired"] == ["Video Gaming/app"] and v2["flagged"] == [] and v2["offer_for_promotion"]
+    assert v2["cycle_success"] and v2["repaired"] == ["Video Gaming/app"], v2
+    assert v2["offer_for_promotion"] == (v2["flagged"] == [])
+    if offered(story):
+        assert v2["verdict"] == "ready for approval" and v2["bundle_digest"] in v2["next_step"]
+    else:
+        assert v2["verdict"] == "not offered: flagged: " + ", ".join(v2["flagged"]) and "next_step" not in v2
     assert [p["pin"] for p in v2["regressed_pins"]] == ["Video Gaming/app"] and v2["regressed_pins"][0]["p_value"] < 0.01
     assert v2["time_to_detect_s"] > 0 and v2["cycle_time_s"] > 0 and v2["autonomy_rate"] == 1.0
-    assert v2["bundle_digest"] in v2["next_step"] and Path(v2["bundle_path"], "report.html").exists()
+    assert Path(v2["bundle_path"], "report.html").exists()
     cdir = home / "cycles" / v2["cycle"]
     diagnosis = json.loads((cdir / "diagnosis.json").read_text())
     assert diagnosis["segments"] == ["Video Gaming/app"] and diagnosis["provenance"]["critic"] == "statistical"
@@ -108,7 +119,9 @@ def test_one_cycle_repairs_gaming_with_nothing_flagged(home, story):
     delta = json.loads((cdir / "benchmark_delta.json").read_text())
     gaming = next(p for p in delta["pins"] if p["pin"] == "Video Gaming/app")
     assert gaming["before"] < 0.95 <= gaming["after"]
-    assert all(p["status"] == "ok" for p in delta["pins"] if not p["target"])
+    others = [p for p in delta["pins"] if not p["target"]]
+    assert {p["pin"] for p in others if p["status"] != "ok"} == set(v2["flagged"])
+    assert all(p["delta"] < 0 for p in others if p["pin"] in v2["flagged"])  # a flag is a drop, never a gain
 
     # The candidate is a registered adapter version that peft loads on the base.
     from peft import PeftConfig
@@ -225,14 +238,23 @@ def test_promotion_from_the_launchpad_moves_the_champion_and_nothing_else_can(ho
     import hashlib
 
     digest = hashlib.sha256(digest).hexdigest()
-    assert pending(home) == digest
+    assert pending(home) == (digest if offered(story) else "")
     prefill = build_definitions().resolve_job_def("promotion_job").run_config["ops"]["promotion"]["config"]
-    assert prefill["bundle_digest"] == digest and prefill["approver"] == ""  # the Launchpad's default
+    assert prefill["bundle_digest"] == pending(home) and prefill["approver"] == ""  # the Launchpad's default
 
     client = DagsterGraphQLClient("127.0.0.1", port_number=dagster_dev)
     before = read_champion(home).model_version
     wrong = _launch(client, {"approver": "ana", "decision": "approve", "bundle_digest": "0" * 64, "note": ""})
     assert wrong == dg.DagsterRunStatus.FAILURE and read_champion(home).model_version == before
+    if not offered(story):  # the cycle flagged pins: approving is refused, rejecting is recorded, nothing moves
+        refused = _launch(client, {"approver": "ana", "decision": "approve", "bundle_digest": digest, "note": ""})
+        assert refused == dg.DagsterRunStatus.FAILURE and read_champion(home).model_version == before
+        rejected = _launch(client, {"approver": "ana", "decision": "reject", "bundle_digest": digest,
+                                    "note": "flags " + ", ".join(story[2]["flagged"])})
+        assert rejected == dg.DagsterRunStatus.SUCCESS and read_champion(home).model_version == before
+        assert json.loads((home / "decisions" / f"{digest}.json").read_text())["decision"] == "reject"
+        assert CliRunner().invoke(main, ["audit", "verify"]).exit_code == 0
+        return
 
     approved = _launch(client, {"approver": "ana", "decision": "approve", "bundle_digest": digest, "note": "fixes Gaming"})
     assert approved == dg.DagsterRunStatus.SUCCESS
