@@ -30,9 +30,12 @@ def resources_for(env: str, root: Path | None = None) -> dict[str, dg.Configurab
             "model": ModelSettings(base_model_dir=dg.EnvVar("MODELSMITH_BASE_MODEL")),
             "inference": InferenceSettings(engine=os.environ.get("MODELSMITH_ENGINE", "transformers")),
             # Claude when a key is present (MODELSMITH_CRITIC overrides); a failing call falls back, and says so.
+            # The key is bound as an EnvVar, never as its value: a bound value becomes the default of the
+            # resource's config field, which Dagster stores in every job snapshot and shows in the Launchpad.
             "critic": CriticSettings(critic=os.environ.get("MODELSMITH_CRITIC") or
                                      ("claude" if os.environ.get("ANTHROPIC_API_KEY") else "statistical"),
-                                     api_key=os.environ.get("ANTHROPIC_API_KEY", "")),
+                                     api_key=dg.EnvVar("ANTHROPIC_API_KEY") if os.environ.get("ANTHROPIC_API_KEY")
+                                     else ""),
             "signer": SignerSettings(key_dir=os.environ.get("MODELSMITH_KEY_DIR", "")),
             "trainer": TrainerSettings(),
         }

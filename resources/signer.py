@@ -2,7 +2,8 @@
 
 The interface is bytes in, bytes out, so any statement format (lineage JSON, in-toto/DSSE) can
 use it. The private key is created on first use, mode 0600, and never leaves `key_dir`: it is not
-logged, printed or returned; `repr` shows only the key id.
+logged, printed or returned; `repr` shows only the key id. A key file that group or others can access
+is refused (`KeyPermissionError`), as ssh refuses one.
 """
 
 import hashlib
@@ -87,10 +88,25 @@ def _load_or_create(key_dir: Path) -> Ed25519PrivateKey:
         pem = Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         _create_exclusive(path, pem)
+    _refuse_if_exposed(path)
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} is not an Ed25519 private key")
     return key
+
+
+class KeyPermissionError(PermissionError):
+    """The private key file is open to group or others: it is refused, not used."""
+
+
+def _refuse_if_exposed(path: Path) -> None:
+    """Refuse a private key that group or others may read (or write): as ssh does, a key someone else can
+    read is no longer this home's alone. The message names the file and its mode, never its content."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise KeyPermissionError(
+            f"{path}: the signing key is accessible by group or others (mode {mode:04o}); it must be readable "
+            f"by its owner only. Fix it with `chmod 600 {path}`, and replace the key if others may have read it")
 
 
 def _create_exclusive(target: Path, data: bytes) -> None:
