@@ -227,3 +227,25 @@ def test_the_intact_bundle_still_verifies_in_both_forms(built, keys):
     own = verify_bundle(built.path)  # with the bundle's own key: intact, with the warning
     assert own.ok and own.warning and PUBLIC_KEY_FILE in own.warning
     assert (built.path / BUNDLE_FILE).is_file()
+
+
+def test_the_gate_prefill_reads_any_bundle_envelope_without_crashing(tmp_path):
+    """`pending` (the Launchpad's default digest, computed when the code location loads) reads every
+    bundle.dsse.json in the home unverified: a broken one must not stop the code location from loading."""
+    from modelsmith.gate import pending
+    from modelsmith.model_dir import file_sha256
+
+    def envelope(payload: bytes) -> bytes:
+        return json.dumps({"payload": base64.b64encode(payload).decode(), "payloadType": PAYLOAD_TYPE,
+                           "signatures": []}).encode()
+
+    broken = [*NASTY_CONTENT[:11], b"[1]", b'{"payload": 5}', envelope(b'{"predicate": [1]}'),
+              envelope(b"[" * DEEP + b"]" * DEEP), envelope(b'{"predicate": "offer_for_promotion"}')]
+    for i, content in enumerate(broken):
+        (tmp_path / "bundles" / f"broken-{i}").mkdir(parents=True)
+        (tmp_path / "bundles" / f"broken-{i}" / BUNDLE_FILE).write_bytes(content)
+    assert pending(tmp_path) == ""
+    offered = tmp_path / "bundles" / "offered"  # the positive control: an offered bundle among them is found
+    offered.mkdir()
+    (offered / BUNDLE_FILE).write_bytes(envelope(b'{"predicate": {"offer_for_promotion": true}}'))
+    assert pending(tmp_path) == file_sha256(offered / BUNDLE_FILE)
