@@ -24,6 +24,8 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+
+from tests.conftest import seed_default_base
 from dagster._core.snap import JobSnap
 from dagster._serdes import serialize_value
 
@@ -51,9 +53,10 @@ def _needles(home: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def loop(tmp_path_factory):
+def loop(tmp_path_factory, default_base_models):
     """The loop, once for the module: (home, summary, stdout, stderr, the requests the stand-in saw)."""
     home = tmp_path_factory.mktemp("secrets") / "home"
+    seed_default_base(home, default_base_models)  # the session's build of the default base model, reused by key
     with FakeAnthropic() as server:
         invalid = {**ANSWER, "segments": ["Not a failing pin"]}  # refused by validation: the critic re-asks once
         server.script(tool_use(invalid), tool_use(ANSWER))

@@ -165,6 +165,9 @@ def _remote_repository(workspace: WorkspaceProcessContext):
 def test_a_sensor_tick_queues_its_run_in_postgres_and_nobody_dequeues_it(pg, instance, world):
     defs = build_definitions("embedded")
     sensor = defs.resolve_sensor_def("scenario_change_sensor")
+    # A replay file lands: new state (an earlier test of this module built the empty replay set already,
+    # and a first tick does not rebuild what the latest materialisation already reflects).
+    (Path(world["scenarios"].replay_dir) / "landed.jsonl").write_text("{}\n")
     ctx = dg.build_sensor_context(instance=instance, resources=world, definitions=defs)
     with dg.partition_loading_context(dynamic_partitions_store=instance):  # as the daemon evaluates a tick
         tick = sensor.evaluate_tick(ctx)

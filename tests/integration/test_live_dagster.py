@@ -1,0 +1,279 @@
+"""The loop under `dagster dev` with its daemon, as a user runs it: sensors on, a policy change made
+while it runs opens a repair cycle with no further action, the README's backfill commands re-pin
+every model version and re-run a range of cycles, and a reviewer approves in a real browser.
+
+One home for the module: `modelsmith loop --policy v1` builds and pins the champion (every pin
+passes), then `dagster dev -w workspace.yaml` starts on that home in its own process group and is
+stopped by it. The tests run in file order (the story's order). The slowest file after the story.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from modelsmith.headless import cycle_outcome
+from modelsmith.evidence import cycle_bundle_dirs
+from modelsmith.model_dir import file_sha256, read_champion
+from scenario_data.policy import POLICIES_DIR
+from tests.conftest import seed_default_base
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = REPO / ".venv" / "bin"
+TERMINAL = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+
+
+class Live:
+    """A running `dagster dev` on one Modelsmith home."""
+
+    def __init__(self, home: Path, port: int, log: Path) -> None:
+        self.home, self.port, self.log = home, port, log
+        self.env = {**os.environ, "MODELSMITH_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+        self.url = f"http://127.0.0.1:{port}"
+
+    def instance(self) -> dg.DagsterInstance:
+        return dg.DagsterInstance.from_config(str(self.home / "dagster"))
+
+    def runs(self, **filters) -> list[dg.DagsterRun]:
+        with self.instance() as instance:
+            return list(instance.get_runs(dg.RunsFilter(**filters)))
+
+    def cli(self, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+        done = subprocess.run([*args], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
+        assert done.returncode == 0, f"{' '.join(args)}\n{done.stdout}\n{done.stderr}"
+        return done
+
+    def wait(self, what: str, until: Callable[[], object], timeout: float) -> object:
+        deadline = time.time() + timeout
+        while not (value := until()):
+            if time.time() > deadline:
+                tail = self.log.read_text(errors="replace")[-3000:]
+                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; dagster dev log:\n{tail}")
+            time.sleep(3)
+        return value
+
+    def finished(self, runs: list[dg.DagsterRun], timeout: float) -> list[dg.DagsterRun]:
+        ids = [r.run_id for r in runs]
+
+        def done():
+            with self.instance() as instance:
+                now = [instance.get_run_by_id(i) for i in ids]
+            return now if all(r.status in TERMINAL for r in now) else None
+
+        return self.wait(f"runs {ids} to finish", done, timeout)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, realdata, default_base_models) -> Iterator[Live]:
+    home = tmp_path_factory.mktemp("live") / "home"
+    shutil.copytree(realdata / "openrtb", home / "replay")  # the real replay files, as the story ingests them
+    seed_default_base(home, default_base_models)  # the session's build of the default base model
+    port = _free_port()
+    log = home / "dagster-dev.log"
+    env = {**os.environ, "MODELSMITH_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    env.pop("MODELSMITH_SENSORS", None)  # the default: sensors and the schedule running
+    pinned = subprocess.run([str(BIN / "modelsmith"), "loop", "--json", "--policy", str(POLICIES_DIR / "v1.yaml")],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert pinned.returncode == 0, pinned.stderr[-3000:]
+    assert json.loads(pinned.stdout.strip().splitlines()[-1])["regressed"] == []
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            running = Live(home, port, log)
+            running.wait("the webserver", lambda: _answers(running.url, proc), timeout=240)
+            yield running
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)  # its own process group: the webserver, the daemon, code servers
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _answers(url: str, proc: subprocess.Popen) -> bool:
+    if proc.poll() is not None:
+        raise RuntimeError(f"dagster dev exited with {proc.returncode}")
+    try:
+        urllib.request.urlopen(f"{url}/server_info", timeout=2)
+        return True
+    except OSError:
+        return False
+
+
+def test_a_policy_change_while_dagster_dev_runs_opens_a_cycle_by_itself(live: Live):
+    # The daemon's first ticks see a home the loop already built: no re-ingest, no re-pin.
+    live.wait("the sensors' first ticks", lambda: _ticked(live, "scenario_change_sensor"), timeout=180)
+    assert live.runs(job_name="materialize_scenarios_job", tags={"modelsmith/trigger": "scenario change"}) == []
+
+    live.cli(str(BIN / "modelsmith"), "policy", "activate", str(POLICIES_DIR / "v2.yaml"))
+    repair = live.wait("a repair run launched by the regression sensor",
+                       lambda: live.runs(job_name="repair_cycle_job"), timeout=600)
+    (run,) = live.finished(repair, timeout=900)
+    assert run.status == dg.DagsterRunStatus.SUCCESS
+    assert run.tags["modelsmith/trigger"] == "pin regression" and run.tags["dagster/sensor_name"] == "pin_regression_sensor"
+    cycle = run.tags["dagster/partition"]
+    with live.instance() as instance:
+        assert instance.get_dynamic_partitions("repair_cycles") == [cycle]
+    (scenarios,) = live.runs(job_name="materialize_scenarios_job", tags={"modelsmith/trigger": "scenario change"})
+    assert scenarios.tags["dagster/sensor_name"] == "scenario_change_sensor"
+    repins = live.runs(job_name="pin_model_version_job", tags={"dagster/sensor_name": "champion_repin_sensor"})
+    assert len(repins) == 1 and repins[0].status == dg.DagsterRunStatus.SUCCESS
+    opened = json.loads((live.home / "cycles" / cycle / "cycle.json").read_text())
+    assert opened["regressed"] == ["Video Gaming/app"]
+    outcome = cycle_outcome(live.home, cycle)
+    assert outcome["repaired"] == ["Video Gaming/app"]  # offered or not depends on the machine (test_default_story)
+    assert (outcome["verdict"] == "ready for approval") == outcome["offer_for_promotion"] == (outcome["flagged"] == [])
+    assert live.cli(str(BIN / "modelsmith"), "bundle", "verify", outcome["bundle_path"]).returncode == 0
+    time.sleep(35)  # one more sensor interval: the same regression opens nothing twice
+    assert len(live.runs(job_name="repair_cycle_job")) == 1
+
+
+def _ticked(live: Live, sensor: str) -> bool:
+    from dagster._core.scheduler.instigation import InstigatorType  # ticks have no public reader
+
+    with live.instance() as instance:
+        return any(state.name == sensor and instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
+                   for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR))
+
+
+ARTIFACTS = Path(os.environ.get("MODELSMITH_TEST_ARTIFACTS", REPO / "artifacts")) / "ui"
+CHROMIUM = os.environ.get("MODELSMITH_CHROMIUM", "/usr/bin/chromium")
+LOCATION = "modelsmith_assets.definitions"
+
+
+@pytest.fixture
+def page(live: Live):
+    """Headless Debian chromium driven by playwright (no browser download); screenshots under artifacts/ui/."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
+    if not Path(CHROMIUM).is_file():
+        if os.environ.get("MODELSMITH_REQUIRE_SHARED"):
+            pytest.fail(f"{CHROMIUM} not found: .ci/run installs Debian's chromium (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} not found: apt-get install chromium (or set MODELSMITH_CHROMIUM); CI installs it")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-background-networking"])
+        try:
+            yield browser.new_page(viewport={"width": 1600, "height": 1000})
+        finally:
+            browser.close()
+
+
+def _open(page, live: Live, path: str, shot: str | None = None, expect: str | None = None) -> str:
+    page.goto(live.url + path)
+    page.wait_for_load_state("networkidle")
+    skip = page.get_by_role("button", name="Skip")  # the UI's one-time "join the community" dialog
+    if skip.count():
+        skip.first.click()
+    if expect:
+        page.get_by_text(expect, exact=False).first.wait_for(timeout=60_000)
+    if shot:
+        page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+    return page.inner_text("body")
+
+
+def test_a_reviewer_decides_in_the_browser_and_only_an_approval_moves_the_champion(live: Live, page):
+    """Asset graph, the regressed pin, the pending bundle, the Launchpad, the run, the champion: in Chromium.
+
+    When the cycle offered its candidate the reviewer approves and the champion changes. When the cycle
+    flagged other pins (machine-dependent, see test_default_story) nothing is offered: the reviewer
+    reads the digest on the bundle's page and rejects it, and the champion stays.
+    """
+    import re
+
+    from modelsmith.gate import bundles, pending
+
+    champion_before = read_champion(live.home).model_version
+    ((digest, _),) = bundles(live.home)
+    offered = pending(live.home) == digest
+    body = _open(page, live, "/asset-groups", "01-asset-graph.png", expect="repair")
+    assert all(group in body for group in ("scenarios", "model", "repair", "gate"))
+    body = _open(page, live, "/assets/pin_results?view=checks", "02-regressed-pin.png", expect="pin_video_gaming_app")
+    assert re.search(r"pin_video_gaming_app\s+pin_video_gaming_app\s+Failed", body), body[:3000]
+    assert not re.search(r"pin_video_gaming_site\s+pin_video_gaming_site\s+Failed", body)
+    body = _open(page, live, "/assets/evidence_bundle", "03-pending-bundle.png", expect="bundle_digest")
+    assert digest in body and ("offered for promotion" if offered else "not offered") in body
+    # The Launchpad is pre-filled when the code location loads: reload it (the cycle ran after), as a user would.
+    _open(page, live, "/asset-groups")
+    page.get_by_role("button", name="Reload definitions").click()
+    launchpad = f"/locations/{LOCATION}/jobs/promotion_job/playground"
+    if offered:
+        live.wait("the Launchpad pre-filled with the pending bundle",
+                  lambda: digest in _open(page, live, launchpad), timeout=120)
+    else:
+        _open(page, live, launchpad, expect="bundle_digest")
+    decision = "approve" if offered else "reject"
+    editor = page.locator(".CodeMirror").first
+    editor.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.insert_text(f"ops:\n  promotion:\n    config:\n      approver: ana\n      bundle_digest: {digest}\n"
+                              f"      decision: {decision}\n      note: reviewed in the browser\n      rollback_to: ''\n")
+    page.screenshot(path=str(ARTIFACTS / "04-launchpad.png"), full_page=True)
+    page.get_by_role("button", name="Launch Run").click()
+    page.wait_for_url(re.compile(r".*/runs/[0-9a-f-]+"), timeout=60_000)
+    run_id = page.url.rstrip("/").split("/runs/")[1].split("?")[0]
+    with live.instance() as instance:
+        (run,) = live.finished([instance.get_run_by_id(run_id)], timeout=300)
+    assert run.status == dg.DagsterRunStatus.SUCCESS and run.job_name == "promotion_job"
+    _open(page, live, f"/runs/{run_id}", "05-promotion-run.png", expect="RUN_SUCCESS")
+    champion = read_champion(live.home)
+    body = _open(page, live, "/assets/promotion", "06-champion.png", expect="champion_after")
+    assert decision in body and champion_before in body
+    if offered:
+        assert champion.model_version != champion_before and champion.by == "ana" and champion.model_version in body
+    else:
+        assert champion.model_version == champion_before
+    assert json.loads((live.home / "decisions" / f"{digest}.json").read_text())["decision"] == decision
+    assert live.cli(str(BIN / "modelsmith"), "audit", "verify").returncode == 0
+
+
+def test_backfill_repins_every_model_version(live: Live):
+    """README: `dagster job backfill -w workspace.yaml -j pin_model_version_job --all --noprompt`."""
+    with live.instance() as instance:
+        versions = instance.get_dynamic_partitions("model_versions")
+    assert len(versions) == 2  # the base and the cycle's adapter (the champion, if the reviewer approved it)
+    before = {r.run_id for r in live.runs(job_name="repair_cycle_job")}
+    out = live.cli(str(BIN / "dagster"), "job", "backfill", "-w", "workspace.yaml", "-j", "pin_model_version_job",
+                   "--all", "--noprompt")
+    backfill_id = out.stdout.strip().split("`")[-2]
+    runs = live.wait("the backfill's runs", lambda: live.runs(tags={"dagster/backfill": backfill_id}), timeout=60)
+    runs = live.finished(runs, timeout=600)
+    assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(versions)
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+    time.sleep(35)  # a sensor interval: the champion's re-pin found the same regression, which has its cycle
+    assert {r.run_id for r in live.runs(job_name="repair_cycle_job")} == before
+
+
+def test_backfill_reruns_a_range_of_cycles(live: Live):
+    """README: `dagster job backfill -w workspace.yaml -j repair_cycle_job --from C1 --to C2 --noprompt`."""
+    with live.instance() as instance:
+        cycles = instance.get_dynamic_partitions("repair_cycles")
+    first = {c: [(d, file_sha256(d / "bundle.dsse.json")) for d in cycle_bundle_dirs(live.home, c)] for c in cycles}
+    out = live.cli(str(BIN / "dagster"), "job", "backfill", "-w", "workspace.yaml", "-j", "repair_cycle_job",
+                   "--from", cycles[0], "--to", cycles[-1], "--noprompt")
+    backfill_id = out.stdout.strip().split("`")[-2]
+    runs = live.wait("the backfill's runs", lambda: live.runs(tags={"dagster/backfill": backfill_id}), timeout=60)
+    runs = live.finished(runs, timeout=900)
+    assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(cycles)
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), [r.status for r in runs]
+    for cycle, before in first.items():
+        after = cycle_bundle_dirs(live.home, cycle)
+        assert [(d, file_sha256(d / "bundle.dsse.json")) for d in after[:len(before)]] == before  # never replaced
+        assert after[-1].name == f"{cycle}.{len(before) + 1}"
+        assert live.cli(str(BIN / "modelsmith"), "bundle", "verify", str(after[-1])).returncode == 0
