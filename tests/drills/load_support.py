@@ -19,7 +19,6 @@ import gzip
 import io
 import json
 import os
-import secrets
 import signal
 import sqlite3
 import subprocess
@@ -34,10 +33,11 @@ from pathlib import Path
 
 import dagster as dg
 
+from tests.support.postgres import connect, fresh_database
+
 REPO = Path(__file__).resolve().parents[2]
 DRILL_LOCATION = "modelsmith_drill"
 DRILL_JOB = "drill_training_job"
-PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 
 
 # -- the drill's code location ------------------------------------------------------------------
@@ -92,38 +92,14 @@ def write_instance_yaml(dagster_home: Path, dequeue_interval_s: int = 1) -> Path
 
 
 def pg_connect(dbname: str):
-    import psycopg2
-
-    conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, password=os.environ.get("PGPASSWORD", ""),
-                            dbname=dbname, connect_timeout=3)
-    conn.autocommit = True
-    return conn
+    return connect(dbname)
 
 
 @contextlib.contextmanager
 def fresh_postgres() -> Iterator[dict[str, str]]:
     """A fresh database; yields the DAGSTER_PG_* variables `dagster.yaml.example` reads. Dropped afterwards."""
-    import psycopg2
-    import pytest
-
-    try:
-        admin = pg_connect("postgres")
-    except psycopg2.OperationalError as exc:
-        msg = (f"no PostgreSQL on {PG_HOST}:{PG_PORT} ({str(exc).strip()}). Start it with "
-               "`pg_ctlcluster --skip-systemctl-redirect 15 main start` (trust auth, user postgres), then rerun")
-        if os.environ.get("MODELSMITH_REQUIRE_POSTGRES", "") not in ("", "0"):
-            pytest.fail(msg + " (required: MODELSMITH_REQUIRE_POSTGRES is set)")
-        pytest.skip(msg + "; CI sets MODELSMITH_REQUIRE_POSTGRES=1 and always runs it")
-    dbname = f"modelsmith_drill_{secrets.token_hex(4)}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{dbname}"')
-    try:
-        yield {"DAGSTER_PG_USERNAME": PG_USER, "DAGSTER_PG_PASSWORD": os.environ.get("PGPASSWORD", ""),
-               "DAGSTER_PG_HOST": PG_HOST, "DAGSTER_PG_DB": dbname}
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        admin.close()
+    with fresh_database("modelsmith_drill") as (_, env):
+        yield env
 
 
 # -- the daemon -----------------------------------------------------------------------------------

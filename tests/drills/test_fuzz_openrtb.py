@@ -44,6 +44,7 @@ from tests.drills.input_support import (
     write_jsonl_gz,
     write_parquet,
 )
+from tests.unit.scenario_data.test_ingest_formats import _paths  # every path into a JSON document
 
 pytestmark = pytest.mark.timeout(120)
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
@@ -95,14 +96,6 @@ def seeds(realdata: Path) -> Seeds:
     return bodies
 
 
-def _paths(obj, prefix=()):
-    yield prefix
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _paths(v, (*prefix, k))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            yield from _paths(v, (*prefix, i))
 
 
 def _objects(obj, prefix=()):

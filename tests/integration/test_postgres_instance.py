@@ -5,14 +5,11 @@ it sees came from the database, not from the first instance's memory. Skipped wh
 on 127.0.0.1:5432, unless MODELSMITH_REQUIRE_POSTGRES=1 (CI), which makes that a failure.
 """
 
-import os
-import secrets
 import shutil
 import sys
 from pathlib import Path
 
 import dagster as dg
-import psycopg2
 import pytest
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.scheduler.instigation import (
@@ -29,17 +26,10 @@ from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from modelsmith_assets.definitions import build_definitions
 from modelsmith_assets.scenarios import policy, replayed_auctions, scenario_pack
 from resources import LocalStorage, ScenarioSettings
+from tests.support.postgres import connect, fresh_database
 
 REPO = Path(__file__).resolve().parents[2]
-HOST, PORT, USER = "127.0.0.1", 5432, "postgres"
 CHECKS = ("requests_balance", "feature_table_expectations", "label_expectations")
-
-
-def _connect(dbname: str):
-    conn = psycopg2.connect(host=HOST, port=PORT, user=USER, password=os.environ.get("PGPASSWORD", ""),
-                            dbname=dbname, connect_timeout=3)
-    conn.autocommit = True
-    return conn
 
 
 class Pg:
@@ -54,7 +44,7 @@ class Pg:
         return instance
 
     def rows(self, sql: str, *args) -> list[tuple]:
-        conn = _connect(self.dbname)
+        conn = connect(self.dbname)
         try:
             with conn.cursor() as cur:
                 cur.execute(sql, args)
@@ -69,32 +59,17 @@ class Pg:
 
 @pytest.fixture(scope="module")
 def pg(tmp_path_factory: pytest.TempPathFactory):
-    try:
-        admin = _connect("postgres")
-    except psycopg2.OperationalError as exc:
-        msg = (f"no PostgreSQL on {HOST}:{PORT} ({str(exc).strip()}). Start it with "
-               "`pg_ctlcluster --skip-systemctl-redirect 15 main start` (trust auth, user postgres), then rerun")
-        if os.environ.get("MODELSMITH_REQUIRE_POSTGRES", "") not in ("", "0"):
-            pytest.fail(msg + " (required: MODELSMITH_REQUIRE_POSTGRES is set)")
-        pytest.skip(msg + "; CI sets MODELSMITH_REQUIRE_POSTGRES=1 and always runs them")
-    dbname = f"modelsmith_test_{secrets.token_hex(4)}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{dbname}"')
-    home = tmp_path_factory.mktemp("dagster_home")
-    shutil.copy(REPO / "dagster.yaml.example", home / "dagster.yaml")  # the example, verbatim
-    env = {"DAGSTER_PG_USERNAME": USER, "DAGSTER_PG_PASSWORD": os.environ.get("PGPASSWORD", ""),
-           "DAGSTER_PG_HOST": HOST, "DAGSTER_PG_DB": dbname, "DAGSTER_HOME": str(home)}
-    state = Pg(dbname, home)
-    try:
-        with pytest.MonkeyPatch.context() as mp:  # the variables the example reads, for the whole module
-            for name, value in env.items():
-                mp.setenv(name, value)
-            yield state
-    finally:
-        state.close()
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        admin.close()
+    with fresh_database("modelsmith_test") as (dbname, env):
+        home = tmp_path_factory.mktemp("dagster_home")
+        shutil.copy(REPO / "dagster.yaml.example", home / "dagster.yaml")  # the example, verbatim
+        state = Pg(dbname, home)
+        try:
+            with pytest.MonkeyPatch.context() as mp:  # the variables the example reads, for the whole module
+                for name, value in {**env, "DAGSTER_HOME": str(home)}.items():
+                    mp.setenv(name, value)
+                yield state
+        finally:
+            state.close()
 
 
 @pytest.fixture(scope="module")
