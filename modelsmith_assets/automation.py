@@ -12,7 +12,6 @@
 Each decision is a plain function over the instance and the home, which tests call directly.
 """
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -34,19 +33,6 @@ SCENARIOS_JOB, BASE_JOB, PIN_JOB, REPAIR_JOB = ("materialize_scenarios_job", "bu
                                                 "pin_model_version_job", "repair_cycle_job")
 
 
-def replay_fingerprint(replay_dir: Path) -> str:
-    """Names, sizes and modification times of every replay file: changes when a file lands or changes."""
-    entries = sorted((str(p.relative_to(replay_dir)), p.stat().st_size, p.stat().st_mtime_ns)
-                     for p in Path(replay_dir).rglob("*") if p.is_file())
-    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
-
-
-def scenario_fingerprint(scenarios: ScenarioSettings, home: Path) -> str:
-    """The active policy's digest and the replay files: what the scenario stage's output depends on."""
-    policy = scenarios.load_policy().digest
-    return hashlib.sha256(f"{policy}:{replay_fingerprint(scenarios.replay_path(home))}".encode()).hexdigest()
-
-
 def last_scenario_fingerprint(instance: dg.DagsterInstance) -> str | None:
     """The fingerprint the latest `replayed_auctions` was built from (by any run: a sensor's, the loop's, the UI's)."""
     records = instance.fetch_materializations(dg.AssetKey("replayed_auctions"), limit=1).records
@@ -57,7 +43,7 @@ def last_scenario_fingerprint(instance: dg.DagsterInstance) -> str | None:
 @dg.sensor(job_name=SCENARIOS_JOB, default_status=_default_status(), minimum_interval_seconds=30)
 def scenario_change_sensor(context: dg.SensorEvaluationContext, scenarios: ScenarioSettings, storage: StorageEngine):
     """Re-run the scenario stage when the active policy or the replay files change."""
-    fingerprint = scenario_fingerprint(scenarios, storage.base())
+    fingerprint = scenarios.fingerprint(storage.base())
     if context.cursor is None and last_scenario_fingerprint(context.instance) == fingerprint:
         context.update_cursor(fingerprint)  # first tick: the latest materialisation is already of this state
         return dg.SkipReason("the latest replayed_auctions already reflects this policy and these replay files")

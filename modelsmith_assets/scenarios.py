@@ -74,9 +74,7 @@ def scenario_pack(scenarios: ScenarioSettings, storage: StorageEngine) -> dg.Mat
 )
 def replayed_auctions(context: dg.AssetExecutionContext, scenarios: ScenarioSettings, storage: StorageEngine):
     """Every decision row to replay: the generated pack plus real files in the replay directory, labelled."""
-    from modelsmith_assets.automation import scenario_fingerprint
-
-    fingerprint = scenario_fingerprint(scenarios, storage.base())  # before reading: what this output reflects
+    fingerprint = scenarios.fingerprint(storage.base())  # before reading: what this output reflects
     active = scenarios.load_policy()
     pack = storage.get_json("packs/current.json")["path"]
     replay_dir = scenarios.replay_path(storage.base())

@@ -1,5 +1,7 @@
 """Scenario settings: which policy is active, where real replay files land, the default pack."""
 
+import hashlib
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -7,13 +9,20 @@ from pydantic import Field
 
 from modelsmith.home import modelsmith_home
 from scenario_data.policy import POLICIES_DIR, Policy, load_policy
+from scenario_data.taxonomy import REFERENCE, load_domain_lists
 
 
 def active_policy_path(home: Path) -> Path:
     """The policy the loop labels with: HOME/policy.yaml once one was activated, else the shipped v1."""
     activated = Path(home) / "policy.yaml"
     return activated if activated.is_file() else POLICIES_DIR / "v1.yaml"
-from scenario_data.taxonomy import REFERENCE, load_domain_lists
+
+
+def replay_fingerprint(replay_dir: Path) -> str:
+    """Names, sizes and modification times of every replay file: changes when a file lands or changes."""
+    entries = sorted((str(p.relative_to(replay_dir)), p.stat().st_size, p.stat().st_mtime_ns)
+                     for p in Path(replay_dir).rglob("*") if p.is_file())
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
 class ScenarioSettings(dg.ConfigurableResource):
@@ -33,6 +42,11 @@ class ScenarioSettings(dg.ConfigurableResource):
 
     def load_policy(self) -> Policy:
         return load_policy(self.active_policy_path())
+
+    def fingerprint(self, home: Path) -> str:
+        """The active policy's digest and the replay files: what the scenario stage's output depends on."""
+        replay = replay_fingerprint(self.replay_path(home))
+        return hashlib.sha256(f"{self.load_policy().digest}:{replay}".encode()).hexdigest()
 
     def replay_path(self, home: Path) -> Path:
         path = Path(self.replay_dir).expanduser() if self.replay_dir else home / "replay"
