@@ -109,7 +109,8 @@ def test_one_cycle_repairs_gaming_and_offers_it_only_when_nothing_is_flagged(hom
     else:
         assert v2["verdict"] == "not offered: flagged: " + ", ".join(v2["flagged"]) and "next_step" not in v2
     assert [p["pin"] for p in v2["regressed_pins"]] == ["Video Gaming/app"] and v2["regressed_pins"][0]["p_value"] < 0.01
-    assert v2["time_to_detect_s"] > 0 and v2["cycle_time_s"] > 0 and v2["autonomy_rate"] == 1.0
+    assert v2["time_to_detect_s"] > 0 and v2["cycle_time_s"] > 0
+    assert v2["autonomy_rate"] == (1.0 if offered(story) else 0.0)  # cycles that reached the gate with a bundle offered
     assert Path(v2["bundle_path"], "report.html").exists()
     cdir = home / "cycles" / v2["cycle"]
     diagnosis = json.loads((cdir / "diagnosis.json").read_text())
@@ -154,7 +155,8 @@ def test_the_evidence_bundle_verifies_offline_and_names_what_was_tampered(home, 
             "adapter/adapter_model.safetensors", "attestations/pins.dsse.json",
             "attestations/training_provenance.dsse.json"} <= names
     report = (bundle / "report.html").read_text()
-    assert report.count("<svg") == 3 and "OFFERED FOR PROMOTION" in report
+    assert report.count("<svg") == 3
+    assert ("OFFERED FOR PROMOTION" if offered(story) else "NOT OFFERED") in report
     integrity = json.loads((bundle / "integrity.json").read_text())
     assert integrity["digests"]["adapter"] == story[2]["adapter_digest"] and integrity["dagster_runs"]["adapter"]
     key = home / "keys" / "ed25519.pub"
