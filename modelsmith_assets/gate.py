@@ -33,7 +33,7 @@ def promotion(context: dg.AssetExecutionContext, config: PromotionConfig, storag
               signer: SignerSettings) -> dg.MaterializeResult:
     """A reviewer's decision on one evidence bundle: verified, signed, audited; on approval the champion moves."""
     record = decide(storage.base(), Decision(config.approver, config.decision, config.bundle_digest, config.note,
-                                             config.rollback_to), signer.signer(), context.run_id)
+                                             config.rollback_to), signer.signer(), context.run.run_id)
     context.log.info(f"{config.decision} by {config.approver}: champion {short(record['champion_before'] or '')} -> "
                      f"{short(record['champion_after'] or '')}")
     return dg.MaterializeResult(metadata={

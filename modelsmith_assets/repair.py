@@ -249,7 +249,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
             records = context.instance.fetch_materializations(
                 dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), asset_partitions=[key]), limit=1).records
             run_ids[name] = records[0].run_id if records else ""
-        run_ids["evidence_bundle"] = context.run_id
+        run_ids["evidence_bundle"] = context.run.run_id
         started = read_cycle(home, key)["opened"]
         info = assemble(home, key, run_ids, started, signer.signer())
         from datetime import UTC, datetime
