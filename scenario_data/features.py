@@ -1,12 +1,19 @@
 """Flatten parsed BidRequests into the feature table: one typed row per impression, in polars.
 
-Everything here is vectorised (polars expressions over a frame parsed with `REQUEST_SCHEMA`), which
-is what makes ingestion an order of magnitude faster than per-row Python. `suspect_requests` is a
+Everything here is vectorised (polars expressions over requests parsed with `REQUEST_SCHEMA`). Parsed
+requests are held split (`SplitRequests`): one frame of requests and one of impressions, so work per
+impression never copies a request's nested columns once per impression. `suspect_requests` is a
 conservative screen with the same rules as `openrtb.validate_request`: every request it lets through
 is valid; the ones it flags go to the reference validator, which has the last word and the reason.
 """
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from scenario_data.openrtb import REQUEST_SPEC
 from scenario_data.taxonomy import SENSITIVE, UNKNOWN, tier1_lookup
@@ -61,36 +68,85 @@ def _coalesce_side(*path: str) -> pl.Expr:
     return pl.coalesce(_f("site", *path), _f("app", *path))
 
 
-def suspect_requests(df: pl.DataFrame) -> pl.Series:
+@dataclass(frozen=True)
+class SplitRequests:
+    """Parsed requests as two frames: `requests` (every request field but `imp`, plus `_imps`, how many
+    impressions it has, null where `imp` is null) and `imps` (one row per impression, in order: `_r`,
+    its request's row number, and the `imp` struct; an empty or null `imp` list contributes no row)."""
+
+    requests: pl.DataFrame
+    imps: pl.DataFrame
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table) -> "SplitRequests":
+        """A list column's child array is its impressions, in order: taken without copying."""
+        column = table.column("imp")
+        values, parents, start = [], [], 0
+        for chunk in column.chunks:
+            values.append(chunk.flatten())
+            parents.append(pc.add(pc.list_parent_indices(chunk).cast(pa.int64()), start))
+            start += len(chunk)
+        imps = pa.table({"_r": pa.chunked_array(parents, pa.int64()),
+                         "imp": pa.chunked_array(values, column.type.value_type)})
+        lengths = pc.list_value_length(column).cast(pa.int64())
+        requests = table.drop_columns(["imp"]).append_column("_imps", lengths)
+        return cls(_frame(requests), _frame(imps))
+
+    @classmethod
+    def from_frame(cls, df: pl.DataFrame) -> "SplitRequests":
+        return cls.from_arrow(df.to_arrow())
+
+    @property
+    def height(self) -> int:
+        return self.requests.height
+
+    def take(self, keep: list[int]) -> "SplitRequests":
+        """The requests at row numbers `keep` (ascending) and their impressions, `_r` renumbered."""
+        if len(keep) == self.height:
+            return self
+        kept = pl.Series([False] * self.height).scatter(keep, True)
+        renumbered = kept.cast(pl.Int64).cum_sum() - 1
+        imps = self.imps.filter(pl.lit(kept).gather(pl.col("_r"))).with_columns(
+            pl.lit(renumbered).gather(pl.col("_r")).alias("_r"))
+        return SplitRequests(self.requests[keep], imps)
+
+
+def _frame(table: pa.Table) -> pl.DataFrame:
+    return pl.from_arrow(table)  # type: ignore[return-value]
+
+
+_IMP_SPEC = REQUEST_SPEC["imp"][0]
+_REQUEST_ONLY_SPEC = {k: v for k, v in REQUEST_SPEC.items() if k != "imp"}
+
+
+def suspect_requests(split: SplitRequests) -> pl.Series:
     """True for each request the reference validator must look at; False only for certainly valid ones."""
     imp = pl.col("imp")
-    per_imp = df.select(pl.int_range(pl.len()).alias("_r"), imp).explode("imp", empty_as_null=True).select(
-        "_r",
-        imp.struct.field("id").alias("imp_id"),
-        _imp_suspect().alias("bad"),
+    bad_imps = split.imps.filter(
+        _imp_suspect() | pl.struct("_r", imp.struct.field("id")).is_duplicated() | _non_finite_leaf(imp, _IMP_SPEC)
     )
-    imp_bad = per_imp.group_by("_r").agg(
-        pl.col("bad").any() | (pl.col("imp_id").n_unique() < pl.len())
-    ).sort("_r")["bad"]
+    imp_bad = pl.int_range(pl.len(), dtype=pl.Int64).is_in(bad_imps["_r"].unique().implode())
     side_count = sum(pl.col(k).is_not_null().cast(pl.Int8) for k in ("site", "app", "dooh"))
     site_unnamed = pl.col("site").is_not_null() & pl.all_horizontal(
         (_f("site", k).is_null() | (_f("site", k) == "")) for k in ("id", "page", "domain")
     )
-    req_bad = df.select(
-        pl.col("id").is_null()
-        | (pl.col("id") == "")
-        | imp.is_null()
-        | (imp.list.len() == 0)
-        | (side_count > 1)
-        | site_unnamed
-        | ~_f("regs", "gdpr").is_in([0, 1]).fill_null(True)
-        | ~_f("regs", "ext", "gdpr").is_in([0, 1]).fill_null(True)
-        | (_f("device", "w") < 0).fill_null(False)
-        | (_f("device", "h") < 0).fill_null(False)
-        | (pl.col("tmax") < 0).fill_null(False)
+    return split.requests.select(
+        (
+            pl.col("id").is_null()
+            | (pl.col("id") == "")
+            | pl.col("_imps").is_null()
+            | (pl.col("_imps") == 0)
+            | (side_count > 1)
+            | site_unnamed
+            | ~_f("regs", "gdpr").is_in([0, 1]).fill_null(True)
+            | ~_f("regs", "ext", "gdpr").is_in([0, 1]).fill_null(True)
+            | (_f("device", "w") < 0).fill_null(False)
+            | (_f("device", "h") < 0).fill_null(False)
+            | (pl.col("tmax") < 0).fill_null(False)
+            | imp_bad
+            | _non_finite_numbers(_REQUEST_ONLY_SPEC)
+        ).alias("suspect")
     ).to_series()
-    non_finite = df.select(_non_finite_numbers(REQUEST_SPEC)).to_series()
-    return (req_bad | imp_bad.fill_null(True) | non_finite).rename("suspect")
 
 
 def _non_finite_numbers(spec: dict, base: pl.Expr | None = None) -> pl.Expr:
@@ -165,6 +221,12 @@ def _imp_suspect() -> pl.Expr:
     )
 
 
+_REQUEST_FEATURES = (
+    "source_file", "source_line", "inventory_type", "vertical", "sensitive", "domain", "device_type", "slots",
+    "schain_hops", "gdpr", "keywords", "title", "ad_density", "paid_traffic", "templated", "_ext_refresh",
+)
+
+
 def _normalise_domain(expr: pl.Expr) -> pl.Expr:
     return (
         expr.str.strip_chars()
@@ -178,7 +240,8 @@ def _normalise_domain(expr: pl.Expr) -> pl.Expr:
     )
 
 
-def _vertical_exprs() -> tuple[pl.Expr, pl.Expr]:
+def _tier1_expr() -> pl.Expr:
+    """Every tier-1 vertical the request's category codes resolve to (a list, in code order)."""
     cattax = pl.coalesce(_coalesce_side("cattax"), _coalesce_side("content", "cattax"), _f("dooh", "cattax"))
     prefix = pl.when(cattax.is_null() | (cattax == 1)).then(pl.lit("1.0|")).otherwise(pl.lit("3|"))
     codes = pl.concat_list(
@@ -191,10 +254,13 @@ def _vertical_exprs() -> tuple[pl.Expr, pl.Expr]:
     lookup = tier1_lookup()
     # Resolve each code under its taxonomy (cattax); codes that resolve nowhere are dropped.
     keyed = codes.list.eval(pl.element().str.strip_chars())
-    tier1 = (
-        pl.struct(prefix.alias("p"), keyed.alias("c"))
-        .map_batches(lambda s: _resolve(s, lookup), return_dtype=pl.List(pl.String))
-    )
+    return pl.struct(prefix.alias("p"), keyed.alias("c")).map_batches(
+        lambda s: _resolve(s, lookup), return_dtype=pl.List(pl.String))
+
+
+def _vertical_exprs(tier1: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """The vertical (the first non-sensitive tier-1, else Sensitive Topics, else Unknown) and whether
+    any code is sensitive, from `_tier1_expr`'s column (computed once: the lookup is the costly part)."""
     sensitive = tier1.list.contains(SENSITIVE)
     non_sensitive = tier1.list.eval(pl.element().filter(pl.element() != SENSITIVE)).list.first()
     vertical = pl.coalesce(non_sensitive, pl.when(sensitive).then(pl.lit(SENSITIVE)), pl.lit(UNKNOWN))
@@ -211,18 +277,22 @@ def _resolve(s: pl.Series, lookup: dict[str, str]) -> pl.Series:
 
 
 def flatten(
-    df: pl.DataFrame, source_files: list[str], source_lines: list[int], domain_lists: dict[str, str]
+    df: pl.DataFrame | SplitRequests,
+    source_files: Sequence[str] | str,
+    source_lines: Sequence[int] | np.ndarray,
+    domain_lists: dict[str, str],
 ) -> pl.DataFrame:
-    """One row per impression of every request in `df` (already validated)."""
-    if df.height == 0:
+    """One row per impression of every request in `df` (already validated); `source_files` is one file
+    for all of them or one per request."""
+    split = df if isinstance(df, SplitRequests) else SplitRequests.from_frame(df)
+    if split.height == 0:
         return FEATURE_SCHEMA.to_frame()
-    vertical, sensitive = _vertical_exprs()
-    req = df.with_columns(
-        pl.Series("source_line", source_lines, dtype=pl.Int64),
-        pl.Series("source_file", source_files, dtype=pl.String),
-    )
-    # One expression per with_columns: polars 1.44 panics on some combinations of struct masks here.
-    for expr in (
+    vertical, sensitive = _vertical_exprs(pl.col("_tier1"))
+    files = pl.lit(source_files, dtype=pl.String) if isinstance(source_files, str) else pl.Series(
+        source_files, dtype=pl.String)
+    req = split.requests.with_columns(pl.Series("source_line", source_lines, dtype=pl.Int64), files.alias("source_file"),
+                                      _tier1_expr().alias("_tier1"))
+    req = req.with_columns(
         pl.when(pl.col("site").is_not_null())
         .then(pl.lit("site"))
         .when(pl.col("app").is_not_null())
@@ -239,7 +309,7 @@ def flatten(
             )
         ).alias("domain"),
         _f("device", "devicetype").replace_strict(DEVICE_TYPES, default="unknown", return_dtype=pl.String).alias("device_type"),
-        pl.col("imp").list.len().cast(pl.Int64).alias("slots"),
+        pl.col("_imps").alias("slots"),
         pl.coalesce(_f("source", "schain", "nodes").list.len(), _f("source", "ext", "schain", "nodes").list.len(), pl.lit(0))
         .cast(pl.Int64)
         .alias("schain_hops"),
@@ -250,10 +320,10 @@ def flatten(
         _coalesce_side("ext", "modelsmith", "paid_traffic").alias("paid_traffic"),
         (_coalesce_side("ext", "modelsmith", "templated") == 1).fill_null(False).alias("templated"),
         _coalesce_side("ext", "modelsmith", "refresh_s").alias("_ext_refresh"),
-    ):
-        req = req.with_columns(expr)
-    req = req.rename({"id": "request_id"})
-    rows = req.explode("imp", empty_as_null=True)
+    )
+    per_request = req.select(pl.col("id").alias("request_id"), *_REQUEST_FEATURES)
+    # Each impression takes its request's features (flat columns only: a gather, not an explode).
+    rows = per_request[split.imps["_r"]].with_columns(split.imps["imp"])
     imp = pl.col("imp")
     banner, video = imp.struct.field("banner"), imp.struct.field("video")
     first_fmt = banner.struct.field("format").list.first()
@@ -325,4 +395,4 @@ def flatten(
     return out.select(FEATURE_SCHEMA.names()).cast(dict(FEATURE_SCHEMA))
 
 
-__all__ = ["FEATURE_SCHEMA", "flatten", "suspect_requests"]
+__all__ = ["FEATURE_SCHEMA", "SplitRequests", "flatten", "suspect_requests"]

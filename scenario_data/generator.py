@@ -19,7 +19,6 @@ JSON is written with sorted keys and fixed separators.
 import csv
 import functools
 import gzip
-import io
 import json
 import random
 from collections.abc import Iterator
@@ -28,8 +27,8 @@ from pathlib import Path
 import polars as pl
 
 from modelsmith.atomic import atomic_path
-from scenario_data.features import flatten
-from scenario_data.openrtb import REQUEST_SCHEMA
+from scenario_data.features import SplitRequests, flatten
+from scenario_data.openrtb import read_request_lines
 from scenario_data.policy import Policy
 from scenario_data.taxonomy import REFERENCE, SENSITIVE, load_domain_lists
 
@@ -186,8 +185,8 @@ def dumps(request: dict) -> str:
 
 def label_requests(requests: list[dict], policy: Policy) -> pl.DataFrame:
     """Flatten and label generated requests with exactly the code ingestion uses."""
-    frame = pl.read_ndjson(io.BytesIO("\n".join(dumps(r) for r in requests).encode()), schema=REQUEST_SCHEMA)
-    features = flatten(frame, ["<generated>"] * len(requests), list(range(1, len(requests) + 1)),
+    table = read_request_lines("\n".join(dumps(r) for r in requests).encode())
+    features = flatten(SplitRequests.from_arrow(table), "<generated>", range(1, len(requests) + 1),
                        load_domain_lists([REFERENCE / "unsafe.txt"]))
     return policy.label(features)
 

@@ -5,19 +5,23 @@ and `.parquet` with one JSON column. Every request read is counted: requests_in 
 quarantined, and each quarantined request keeps its source file, location, raw bytes and a reason
 that names the field path.
 
-JSONL is parsed in chunks by polars against `REQUEST_SCHEMA` (fast path); a chunk the parser
-refuses (a malformed line, a wrong type) is re-read line by line with the reference validator.
+Requests are parsed in chunks by Arrow's JSON reader against the request schema (fast path), the
+next chunk parsed while this one is flattened; a chunk the parser refuses (a malformed line, a wrong
+type) is halved until the bad lines are found, and those are re-read one by one with the reference
+validator, which also has the last word on every request the fast path's screens flag.
 `ingest_to_files` streams the same rows to Parquet chunk by chunk, in memory bounded by one chunk
 (benchmarks/ingest_1gb); `ingest_paths` returns them as one table in memory.
 """
 
 import gzip
 import io
+import itertools
 import json
 import shutil
 import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -25,13 +29,12 @@ from typing import BinaryIO
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from modelsmith.atomic import atomic_path, write_with
-from scenario_data.features import FEATURE_SCHEMA, flatten, suspect_requests
-from scenario_data.openrtb import (MAX_DEPTH, REQUEST_ARROW_SCHEMA, REQUEST_SCHEMA, RequestError, parse_json,
-                                   validate_request)
+from scenario_data.features import FEATURE_SCHEMA, SplitRequests, flatten, suspect_requests
+from scenario_data.openrtb import (MAX_DEPTH, MAX_INT_DIGITS, REQUEST_SCHEMA, RequestError, parse_json,
+                                   read_request_lines, validate_request)
 
 QUARANTINE_SCHEMA = pl.Schema(
     {"source_file": pl.String, "location": pl.String, "request_id": pl.String, "reason": pl.String, "raw": pl.Binary}
@@ -48,18 +51,34 @@ class IngestError(ValueError):
 
 @dataclass
 class Chunk:
-    """Raw request bodies, each with its file and its location there ("line 3", "element 0")."""
+    """Raw request bodies, each with its file and its location there: `lines` (line numbers, JSONL) or
+    `locations` ("element 0", "row 3")."""
 
     source: str
     bodies: list[bytes]
-    locations: list[str]
+    locations: list[str] | None = None
     sources: list[str] = field(default_factory=list)
+    lines: np.ndarray | None = None
 
     def source_of(self, i: int) -> str:
         return self.sources[i] if self.sources else self.source
 
-    def source_list(self, indices: list[int]) -> list[str]:
-        return [self.source_of(i) for i in indices]
+    def source_list(self, indices: list[int]) -> list[str] | str:
+        """The source file of each body at `indices`; one string when they all come from one file."""
+        return [self.source_of(i) for i in indices] if self.sources else self.source
+
+    def location(self, i: int) -> str:
+        return f"line {self.lines[i]}" if self.lines is not None else self.locations[i]  # type: ignore[index]
+
+    def line_numbers(self, indices: list[int]) -> np.ndarray:
+        """The number `source_line` records: the line (JSONL), element or row (the location's number)."""
+        if self.lines is not None:
+            return self.lines if len(indices) == len(self.lines) else self.lines[indices]
+        return np.array([_line_no(self.locations[i]) for i in indices], dtype=np.int64)  # type: ignore[index]
+
+    def slice(self, start: int, stop: int | None) -> "Chunk":
+        return Chunk(self.source, self.bodies[start:stop], self.locations[start:stop] if self.locations else None,
+                     self.sources[start:stop], self.lines[start:stop] if self.lines is not None else None)
 
 
 @dataclass
@@ -123,20 +142,7 @@ def read_chunks(path: Path, chunk_lines: int = CHUNK_LINES) -> Iterator[Chunk]:
         opener = gzip.open if name.endswith(".gz") else open
         try:
             with opener(path, "rb") as f:
-                bodies: list[bytes] = []
-                locations: list[str] = []
-                for lineno, line in enumerate(f, start=1):
-                    if lineno == 1 and line.startswith(UTF8_BOM):
-                        line = line[len(UTF8_BOM):]  # the file's UTF-8 signature, not part of the first request
-                    if not line.strip():
-                        continue
-                    bodies.append(line.rstrip(b"\r\n"))
-                    locations.append(f"line {lineno}")
-                    if len(bodies) >= chunk_lines:
-                        yield Chunk(src, bodies, locations)
-                        bodies, locations = [], []
-                if bodies:
-                    yield Chunk(src, bodies, locations)
+                yield from _jsonl_chunks(f, src, chunk_lines)
         except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt gzip stream included
             raise IngestError(f"{path}: cannot read ({e})") from e
     elif name.endswith(".parquet"):
@@ -155,6 +161,25 @@ def read_chunks(path: Path, chunk_lines: int = CHUNK_LINES) -> Iterator[Chunk]:
             yield Chunk(src, [raw], ["byte 0"])
     else:
         raise IngestError(f"{path}: unsupported file type; expected one of {', '.join(READABLE_SUFFIXES)}")
+
+
+def _jsonl_chunks(f: BinaryIO, src: str, chunk_lines: int) -> Iterator[Chunk]:
+    """`chunk_lines` lines at a time (blank lines skipped, still counted), each with its line number."""
+    first = 1
+    while lines := list(itertools.islice(f, chunk_lines)):
+        if first == 1 and lines[0].startswith(UTF8_BOM):
+            lines[0] = lines[0][len(UTF8_BOM):]  # the file's UTF-8 signature, not part of the first request
+        bodies = [line.rstrip(b"\r\n") for line in lines]
+        numbers = np.arange(first, first + len(lines), dtype=np.int64)
+        first += len(lines)
+        blank = [i for i, body in enumerate(bodies) if not body or body[:1].isspace() and not body.strip()]
+        if blank:
+            keep = np.ones(len(bodies), dtype=bool)
+            keep[blank] = False
+            bodies = [body for body, k in zip(bodies, keep, strict=True) if k]
+            numbers = numbers[keep]
+        if bodies:
+            yield Chunk(src, bodies, lines=numbers)
 
 
 def _parquet_chunks(path: Path, chunk_lines: int) -> Iterator[Chunk]:
@@ -195,68 +220,119 @@ def _parquet_chunks(path: Path, chunk_lines: int) -> Iterator[Chunk]:
 
 UTF8_BOM = b"\xef\xbb\xbf"
 # What Arrow's reader takes and the reference parser refuses (or must look at): NaN, Infinity, surrogate
-# escapes (a lone one is not a character), and number literals (a value after ':', ',' or '[') with an
-# exponent of three digits or more (it may overflow) or of more digits than Python reads (4,300).
-# Matched by polars (Rust's regex) over the whole chunk: ~4 us a line, where Python's re took 20-80.
-NON_JSON_NUMBER = r"NaN|Infinity|\\u[dD][89a-fA-F]|[:,\[]\s*-?[0-9]+(?:\.[0-9]+)?[eE]\+?[0-9]{3}|[:,\[]\s*-?[0-9]{4301}"
+# escapes (a lone one is not a character), numbers with an exponent of three digits or more (it may
+# overflow) and number literals (a value after ':', ',' or '[') of more digits than Python reads (4,300).
+# Matched by polars (Rust's regex) over the whole chunk. A match only sends a body to the reference
+# parser, so a pattern may match more than it must: a JSON number ends at `,` `}` `]` or white space,
+# which is enough to tell `2e441,` from a hex digest's `2e441f` without a costlier leading context.
+NON_JSON_TOKEN = r"NaN|Infinity|\\u[dD][89a-fA-F]"
+LONG_EXPONENT = r"[0-9][eE]\+?[0-9]{3,}(?:[,}\]\s]|$)"
+TOO_MANY_DIGITS = r"[:,\[]\s*-?[0-9]{4301}"
 
 
-def ingest_chunk(chunk: Chunk, domain_lists: dict[str, str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+@dataclass
+class Parsed:
+    """A chunk parsed by the fast path: the requests (None: the fast parser refused the chunk) and which
+    of them the reference validator must look at."""
+
+    frame: SplitRequests | None
+    suspects: pl.Series | None = None
+
+
+def parse_chunk(chunk: Chunk) -> Parsed:
+    text = _as_text(chunk.bodies)
+    frame = _fast_parse(chunk.bodies, text) if text is not None else None
+    if frame is None or text is None:
+        return Parsed(None)
+    # Arrow's reader takes NaN, Infinity, overflowing exponents and lone surrogates (even in ignored
+    # fields); JSON does not, so such bodies go to the reference validator, which refuses them.
+    # Arrow also reads nesting Python's parser refuses: a body that may nest past MAX_DEPTH goes to it too.
+    return Parsed(frame, suspect_requests(frame) | _screen(text))
+
+
+def ingest_chunk(chunk: Chunk, domain_lists: dict[str, str],
+                 parsed: Parsed | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Features and quarantine rows for one chunk; len(chunk.bodies) = accepted + quarantined."""
-    frame = _fast_parse(chunk.bodies)
+    parsed = parsed or parse_chunk(chunk)
+    frame = parsed.frame
     if frame is None and len(chunk.bodies) > MIN_SPLIT:
         # Find the bad lines by halving, so one bad line costs a small chunk, not a 50,000-line one.
-        halves = [_sub_chunk(chunk, 0, len(chunk.bodies) // 2), _sub_chunk(chunk, len(chunk.bodies) // 2, None)]
+        half = len(chunk.bodies) // 2
+        halves = [chunk.slice(0, half), chunk.slice(half, None)]
         parts = [ingest_chunk(h, domain_lists) for h in halves]
         return pl.concat([p[0] for p in parts]), pl.concat([p[1] for p in parts])
     if frame is None:
         return _slow_path(chunk, domain_lists)
-    suspects = suspect_requests(frame).to_list()
-    # Arrow's reader takes NaN, Infinity, overflowing exponents and lone surrogates (even in ignored
-    # fields); JSON does not, so such bodies go to the reference validator, which refuses them.
-    # Arrow also reads nesting Python's parser refuses: a body that may nest past MAX_DEPTH goes to it too.
-    text = pl.Series(chunk.bodies, dtype=pl.Binary).cast(pl.String)
-    screened = (text.str.contains(NON_JSON_NUMBER) | (text.str.count_matches(r"[\[{]") > MAX_DEPTH)).to_list()
-    suspects = [s or bool(n) for s, n in zip(suspects, screened, strict=True)]
-    keep: list[int] = []
     quarantine: list[dict] = []
-    for i, suspect in enumerate(suspects):
-        if suspect:
-            reason = _reason(chunk.bodies[i])
-            if reason is not None:
-                quarantine.append(_quarantine_row(chunk, i, reason))
-                continue
-        keep.append(i)
-    accepted = frame[keep] if len(keep) < frame.height else frame
-    lines = [_line_no(chunk.locations[i]) for i in keep]
-    return flatten(accepted, chunk.source_list(keep), lines, domain_lists), _quarantine_frame(quarantine)
+    refused: list[int] = []
+    for i in parsed.suspects.arg_true().to_list():  # type: ignore[union-attr]  # set with the frame
+        reason = _reason(chunk.bodies[i])
+        if reason is not None:
+            quarantine.append(_quarantine_row(chunk, i, reason))
+            refused.append(i)
+    keep = list(range(len(chunk.bodies)))
+    if refused:
+        keep = sorted(set(keep) - set(refused))
+    features = flatten(frame.take(keep), chunk.source_list(keep), chunk.line_numbers(keep), domain_lists)
+    return features, _quarantine_frame(quarantine)
 
 
-def _sub_chunk(chunk: Chunk, start: int, stop: int | None) -> Chunk:
-    return Chunk(chunk.source, chunk.bodies[start:stop], chunk.locations[start:stop], chunk.sources[start:stop])
+def _ingest_chunks(chunks: Iterable[Chunk],
+                   domain_lists: dict[str, str]) -> Iterator[tuple[Chunk, pl.DataFrame, pl.DataFrame]]:
+    """`ingest_chunk` over `chunks`, in order, with the next chunk parsed and screened (Arrow's reader
+    and polars, which run without the GIL) while this one is validated and flattened: the two stages
+    overlap on a multi-core machine."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse") as pool:
+        ahead = iter(chunks)
+        chunk = next(ahead, None)
+        pending = pool.submit(parse_chunk, chunk) if chunk is not None else None
+        while chunk is not None and pending is not None:
+            parsed = pending.result()
+            following = next(ahead, None)
+            pending = pool.submit(parse_chunk, following) if following is not None else None
+            yield chunk, *ingest_chunk(chunk, domain_lists, parsed)
+            chunk = following
 
 
-def _fast_parse(bodies: list[bytes]) -> pl.DataFrame | None:
+def _screen(text: pl.Series) -> pl.Series:
+    """True where a body may hold what Arrow's reader takes and the reference parser refuses (see
+    NON_JSON_NUMBER) or nesting past MAX_DEPTH: cheap literal-led patterns over every body, the
+    4,301-digit one only over bodies long enough to hold it."""
+    flagged = text.str.contains(NON_JSON_TOKEN) | text.str.contains(LONG_EXPONENT) | (
+        text.str.count_matches(r"[\[{]") > MAX_DEPTH)
+    long = text.str.len_bytes() > MAX_INT_DIGITS
+    if long.any():
+        flagged = flagged | (long & text.str.contains(TOO_MANY_DIGITS))
+    return flagged
+
+
+def _as_text(bodies: list[bytes]) -> pl.Series | None:
+    """The bodies as text; None when one is not UTF-8 (Arrow's reader takes invalid UTF-8 inside
+    strings, and polars then panics on it: such a chunk takes the reference path)."""
+    try:
+        return pl.Series(bodies, dtype=pl.Binary).cast(pl.String)
+    except pl.exceptions.ComputeError:
+        return None
+
+
+def _fast_parse(bodies: list[bytes], text: pl.Series) -> SplitRequests | None:
     """Arrow's JSON reader against the request schema: strict about types (a wrong type fails the
-    chunk rather than being coerced), unknown fields ignored; ~8x faster than json.loads here."""
-    if any(b"\n" in b or not b.lstrip(b" \t\r").startswith(b"{") for b in bodies):
-        # Only objects, one a line: Arrow's reader crashes the process (SIGSEGV, pyarrow 26) on a first
-        # row that is `null`, and skips a leading BOM the reference parser refuses.
+    chunk rather than being coerced), unknown fields ignored; ~8x faster than json.loads here.
+    `text` is `bodies` as UTF-8 text (`_as_text`)."""
+    # Only objects, one a line: Arrow's reader crashes the process (SIGSEGV, pyarrow 26) on a first
+    # row that is `null`, and skips a leading BOM the reference parser refuses. The vectorised test
+    # is the common case (every body starts with `{`, none holds a newline); the loop, the exact rule.
+    plain = bool(text.str.starts_with("{").all()) and not text.str.contains("\n", literal=True).any()
+    if not plain and any(b"\n" in b or not b.lstrip(b" \t\r").startswith(b"{") for b in bodies):
         return None
     joined = b"\n".join(bodies)
-    if not joined.isascii():
-        try:
-            joined.decode("utf-8")  # Arrow takes invalid UTF-8 inside strings, and polars then panics on it
-        except UnicodeDecodeError:
-            return None
-    options = pajson.ParseOptions(explicit_schema=REQUEST_ARROW_SCHEMA, unexpected_field_behavior="ignore")
     try:
-        table = pajson.read_json(io.BytesIO(joined), parse_options=options)
+        table = read_request_lines(joined)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return None
     if table.num_rows != len(bodies):
         return None
-    return pl.from_arrow(table).cast(dict(REQUEST_SCHEMA))  # type: ignore[return-value]
+    return SplitRequests.from_arrow(table)
 
 
 def _slow_path(chunk: Chunk, domain_lists: dict[str, str]) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -272,7 +348,7 @@ def _slow_path(chunk: Chunk, domain_lists: dict[str, str]) -> tuple[pl.DataFrame
             quarantine.append(_quarantine_row(chunk, i, str(e)))
             continue
         good_bodies.append(json.dumps(obj, separators=(",", ":")).encode())
-        good_lines.append(_line_no(chunk.locations[i]))
+        good_lines.append(int(chunk.line_numbers([i])[0]))
         good.append(i)
     frame = pl.read_ndjson(io.BytesIO(b"\n".join(good_bodies)), schema=REQUEST_SCHEMA) if good_bodies else None
     features = flatten(frame, chunk.source_list(good), good_lines, domain_lists) if frame is not None else FEATURE_SCHEMA.to_frame()
@@ -304,7 +380,7 @@ def _quarantine_row(chunk: Chunk, i: int, reason: str) -> dict:
     body = chunk.bodies[i]
     return {
         "source_file": chunk.source_of(i),
-        "location": chunk.locations[i],
+        "location": chunk.location(i),
         "request_id": _request_id(body),
         "reason": reason,
         "raw": body,
@@ -338,7 +414,7 @@ def _merge(chunks: list[Chunk]) -> Chunk:
     return Chunk(
         source=chunks[0].source,
         bodies=[b for c in chunks for b in c.bodies],
-        locations=[loc for c in chunks for loc in c.locations],
+        locations=[c.location(i) for c in chunks for i in range(len(c.bodies))],
         sources=[c.source_of(i) for c in chunks for i in range(len(c.bodies))],
     )
 
@@ -350,8 +426,7 @@ def ingest_paths(paths: Iterable[str | Path], domain_lists: dict[str, str] | Non
     quarantine: list[pl.DataFrame] = []
     requests_in = 0
     files = expand_paths(paths)
-    for chunk in _batched(c for path in files for c in read_chunks(path)):
-        f, q = ingest_chunk(chunk, domain_lists)
+    for chunk, f, q in _ingest_chunks(_batched(c for path in files for c in read_chunks(path)), domain_lists):
         requests_in += len(chunk.bodies)
         features.append(f)
         quarantine.append(q)
@@ -368,8 +443,8 @@ def disambiguate_row_ids(features: pl.DataFrame) -> pl.DataFrame:
     every copy after the first gets `#<file>:<line>` appended, so a row id names one decision. When
     that is not enough (the same file read twice, or two files of one name, such as day1/a.jsonl and
     day2/a.jsonl), the copies after the first also get `#r<row number>`."""
-    first = _suffix_where(features, pl.col("row_id").cum_count().over("row_id") > 1)
-    return _position_where(first, pl.col("row_id").cum_count().over("row_id") > 1, 0)
+    first = _suffix_where(features, ~pl.col("row_id").is_first_distinct())
+    return _position_where(first, ~pl.col("row_id").is_first_distinct(), 0)
 
 
 def _position_where(features: pl.DataFrame, dup: pl.Expr | pl.Series, offset: int) -> pl.DataFrame:
@@ -411,9 +486,9 @@ def ingest_to_files(paths: Iterable[str | Path], output_dir: Path, domain_lists:
     with tempfile.TemporaryFile(dir=output_dir) as spill:
         with atomic_path(output_dir / "features.parquet") as ftmp:
             with pq.ParquetWriter(ftmp, feature_schema) as fw, pq.ParquetWriter(spill, quarantine_schema) as qw:
-                for chunk in _batched((c for path in files for c in read_chunks(path, chunk_lines)), chunk_lines):
-                    features, quarantine = ingest_chunk(chunk, domain_lists)
-                    repeated = pl.col("row_id").cum_count().over("row_id") > 1
+                chunks = _batched((c for path in files for c in read_chunks(path, chunk_lines)), chunk_lines)
+                for chunk, features, quarantine in _ingest_chunks(chunks, domain_lists):
+                    repeated = ~pl.col("row_id").is_first_distinct()
                     hashes = features["row_id"].hash(seed=0).to_numpy()
                     features = _suffix_where(features, _seen_before(seen_read, hashes) | repeated)
                     seen_read.append(np.unique(hashes))

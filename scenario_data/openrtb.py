@@ -6,6 +6,7 @@ walk of the reference validator `validate_request`, which names the failing fiel
 style of an exchange's 400 message (`imp[1].banner.w: must be >= 0`).
 """
 
+import io
 import json
 import math
 import re
@@ -13,6 +14,7 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.json as pajson
 
 # Leaf types: "str", "int", "float". Containers: a dict is an object, a one-element list a list.
 _MODELSMITH_EXT = {"ad_density": "float", "paid_traffic": "float", "templated": "int", "refresh_s": "int"}
@@ -60,6 +62,14 @@ def arrow_type(spec: Any) -> pa.DataType:
 
 REQUEST_ARROW_SCHEMA = pa.schema([(k, arrow_type(v)) for k, v in REQUEST_SPEC.items()])
 REQUEST_SCHEMA = pl.from_arrow(REQUEST_ARROW_SCHEMA.empty_table()).schema  # the same types, as polars sees them
+
+
+def read_request_lines(joined: bytes) -> pa.Table:
+    """Requests, one JSON object a line, read by Arrow's JSON reader against `REQUEST_ARROW_SCHEMA`:
+    strict about types (a wrong type raises rather than being coerced), unknown fields ignored.
+    Raises `pa.ArrowInvalid` (or another `pa.ArrowException`) for what it cannot read."""
+    options = pajson.ParseOptions(explicit_schema=REQUEST_ARROW_SCHEMA, unexpected_field_behavior="ignore")
+    return pajson.read_json(io.BytesIO(joined), parse_options=options)
 
 
 class RequestError(ValueError):

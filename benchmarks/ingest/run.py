@@ -1,15 +1,18 @@
 """Ingestion throughput: Modelsmith's ingest vs a plain `json.loads` + per-row Python baseline, same file, same run.
 
-    .venv/bin/python benchmarks/ingest/run.py --n 1000000
+    .venv/bin/python benchmarks/ingest/run.py --n 1000000 [--repeat 3] [--input pack.jsonl]
 
-Generates N requests (JSONL, seeded), then times (1) `scenario_data.ingest.ingest_paths` and (2) a
-baseline that parses each line with `json.loads` and builds each impression's row in Python, into a
-polars frame. Peak memory of each is measured in a fresh subprocess (ru_maxrss).
+Generates N requests (JSONL, seeded; or reads --input), then times (1) `scenario_data.ingest.ingest_paths`
+and (2) a baseline that parses each line with `json.loads` and builds each impression's row in Python,
+into a polars frame. Each run is a fresh subprocess (imports excluded from the time; peak memory is
+its ru_maxrss); the two alternate --repeat times and the medians are compared.
 """
 
 import argparse
+import importlib
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,6 +61,10 @@ def modelsmith(path: Path) -> int:
 
 def _child(which: str, path: str) -> None:
     fn = baseline if which == "baseline" else modelsmith
+    # Imports are not what is measured.
+    importlib.import_module("polars")
+    importlib.import_module("scenario_data.ingest")
+
     t = time.perf_counter()
     rows = fn(Path(path))
     elapsed = time.perf_counter() - t
@@ -65,10 +72,18 @@ def _child(which: str, path: str) -> None:
     print(json.dumps({"rows": rows, "seconds": elapsed, "peak_mib": peak_mib}))
 
 
+def _measure(which: str, path: Path) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", which, str(path)], capture_output=True, text=True,
+                          check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each, interleaved; the median is reported")
+    ap.add_argument("--input", type=Path, help="an existing JSONL pack instead of generating one")
     ap.add_argument("--child", nargs=2)
     args = ap.parse_args()
     if args.child:
@@ -77,20 +92,25 @@ def main() -> None:
     from scenario_data.policy import shipped_policy
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "pack.jsonl"
-        t = time.perf_counter()
-        write_pack(path, args.n, args.seed, shipped_policy(1))
-        print(f"generated {args.n} requests ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f} s")
-        out = {}
-        for which in ("modelsmith", "baseline"):
-            proc = subprocess.run([sys.executable, __file__, "--child", which, str(path)], capture_output=True,
-                                  text=True, check=True)
-            out[which] = json.loads(proc.stdout.strip().splitlines()[-1])
-        for which, r in out.items():
-            print(f"{which:10s} {r['rows']:>9} rows  {r['seconds']:7.2f} s  {r['rows'] / r['seconds']:>10,.0f} rows/s  "
-                  f"peak {r['peak_mib']:,.0f} MiB")
-        ratio = out["baseline"]["seconds"] / out["modelsmith"]["seconds"]
-        print(f"speed-up: {ratio:.1f}x (requests: {args.n})")
+        path = args.input or Path(tmp) / "pack.jsonl"
+        if args.input is None:
+            t = time.perf_counter()
+            write_pack(path, args.n, args.seed, shipped_policy(1))
+            print(f"generated {args.n} requests in {time.perf_counter() - t:.1f} s")
+        print(f"input: {path} ({path.stat().st_size / 2**20:.0f} MiB)")
+        runs: dict[str, list[dict]] = {"modelsmith": [], "baseline": []}
+        for _ in range(args.repeat):  # interleaved, so drift in the machine's speed hits both alike
+            for which in runs:
+                runs[which].append(_measure(which, path))
+        for which, rs in runs.items():
+            seconds = statistics.median(r["seconds"] for r in rs)
+            rows, peak = rs[0]["rows"], max(r["peak_mib"] for r in rs)
+            spread = ", ".join(f"{r['seconds']:.2f}" for r in rs)
+            print(f"{which:10s} {rows:>9} rows  median {seconds:7.2f} s ({spread})  {rows / seconds:>10,.0f} rows/s  "
+                  f"peak {peak:,.0f} MiB")
+        ratio = statistics.median(r["seconds"] for r in runs["baseline"]) / statistics.median(
+            r["seconds"] for r in runs["modelsmith"])
+        print(f"speed-up: {ratio:.2f}x (median of {args.repeat} runs each)")
 
 
 if __name__ == "__main__":
