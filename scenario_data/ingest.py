@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from modelsmith.atomic import atomic_path, write_with
 from scenario_data.features import FEATURE_SCHEMA, SplitRequests, flatten, suspect_requests
 from scenario_data.openrtb import (MAX_DEPTH, MAX_INT_DIGITS, REQUEST_SCHEMA, RequestError, parse_json,
-                                   read_request_lines, validate_request)
+                                   first_refused_line, read_request_lines, validate_request)
 
 QUARANTINE_SCHEMA = pl.Schema(
     {"source_file": pl.String, "location": pl.String, "request_id": pl.String, "reason": pl.String, "raw": pl.Binary}
@@ -232,17 +232,29 @@ TOO_MANY_DIGITS = r"[:,\[]\s*-?[0-9]{4301}"
 
 @dataclass
 class Parsed:
-    """A chunk parsed by the fast path: the requests (None: the fast parser refused the chunk) and which
-    of them the reference validator must look at."""
+    """A chunk parsed by the fast path: the requests (None: the fast parser refused the chunk), which
+    of them the reference validator must look at, and (when refused) the bodies it cannot take."""
 
     frame: SplitRequests | None
     suspects: pl.Series | None = None
+    unreadable: list[int] = field(default_factory=list)
 
 
 def parse_chunk(chunk: Chunk) -> Parsed:
     text = _as_text(chunk.bodies)
-    frame = _fast_parse(chunk.bodies, text) if text is not None else None
-    if frame is None or text is None:
+    # Only objects, one a line, in UTF-8: Arrow's reader crashes the process (SIGSEGV, pyarrow 26) on a
+    # first row that is `null`, skips a leading BOM the reference parser refuses, and takes invalid
+    # UTF-8 inside strings, on which polars then panics. Such bodies take the reference path.
+    unreadable = (~text.str.starts_with("{") | text.str.contains("\n", literal=True)).fill_null(True)
+    if unreadable.any():
+        # Leading white space is fine (and rare: only those bodies are stripped).
+        at = unreadable.arg_true().to_list()
+        bad = [i for i in at if b"\n" in chunk.bodies[i] or not chunk.bodies[i].lstrip(b" \t\r").startswith(b"{")
+               or not text[i]]
+        if bad:
+            return Parsed(None, unreadable=bad)
+    frame = _fast_parse(chunk.bodies)
+    if frame is None:
         return Parsed(None)
     # Arrow's reader takes NaN, Infinity, overflowing exponents and lone surrogates (even in ignored
     # fields); JSON does not, so such bodies go to the reference validator, which refuses them.
@@ -250,17 +262,13 @@ def parse_chunk(chunk: Chunk) -> Parsed:
     return Parsed(frame, suspect_requests(frame) | _screen(text))
 
 
-def ingest_chunk(chunk: Chunk, domain_lists: dict[str, str],
-                 parsed: Parsed | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+def ingest_chunk(chunk: Chunk, domain_lists: dict[str, str], parsed: Parsed | None = None,
+                 depth: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Features and quarantine rows for one chunk; len(chunk.bodies) = accepted + quarantined."""
     parsed = parsed or parse_chunk(chunk)
     frame = parsed.frame
     if frame is None and len(chunk.bodies) > MIN_SPLIT:
-        # Find the bad lines by halving, so one bad line costs a small chunk, not a 50,000-line one.
-        half = len(chunk.bodies) // 2
-        halves = [chunk.slice(0, half), chunk.slice(half, None)]
-        parts = [ingest_chunk(h, domain_lists) for h in halves]
-        return pl.concat([p[0] for p in parts]), pl.concat([p[1] for p in parts])
+        return _around_bad_lines(chunk, domain_lists, parsed.unreadable, depth)
     if frame is None:
         return _slow_path(chunk, domain_lists)
     quarantine: list[dict] = []
@@ -275,6 +283,46 @@ def ingest_chunk(chunk: Chunk, domain_lists: dict[str, str],
         keep = sorted(set(keep) - set(refused))
     features = flatten(frame.take(keep), chunk.source_list(keep), chunk.line_numbers(keep), domain_lists)
     return features, _quarantine_frame(quarantine)
+
+
+MAX_LOCATE_DEPTH = 16
+
+
+def _around_bad_lines(chunk: Chunk, domain_lists: dict[str, str], bad: list[int],
+                      depth: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A chunk the fast parser refused: its bad lines go to the reference path, the runs of lines
+    between them back to the fast path: one such line costs its chunk about two more parses.
+
+    The bad lines are the ones no JSON-object reader takes (`Parsed.unreadable`), else the first line
+    Arrow's reader refuses (`first_refused_line`: it stops there; the lines after it are parsed
+    again, and most often they parse). When neither names one (or MAX_LOCATE_DEPTH levels down, as
+    in a file that is bad throughout), the chunk is halved instead. Rows stay in input order.
+    """
+    if not bad and depth < MAX_LOCATE_DEPTH:
+        at = first_refused_line(chunk.bodies)
+        bad = [] if at is None else [at]
+    if not bad:
+        half = len(chunk.bodies) // 2
+        parts = [ingest_chunk(chunk.slice(0, half), domain_lists, depth=depth + 1),
+                 ingest_chunk(chunk.slice(half, None), domain_lists, depth=depth + 1)]
+        return pl.concat([p[0] for p in parts]), pl.concat([p[1] for p in parts])
+    # Runs for the reference path: the bad lines, with the good ones between two of them fewer than
+    # MIN_SPLIT apart (not worth a fast-path parse of their own).
+    slow: list[list[int]] = []
+    for i in bad:
+        if slow and i - slow[-1][1] < MIN_SPLIT:
+            slow[-1][1] = i + 1
+        else:
+            slow.append([i, i + 1])
+    parts, start = [], 0
+    for lo, hi in slow:
+        if lo > start:
+            parts.append(ingest_chunk(chunk.slice(start, lo), domain_lists, depth=depth + 1))
+        parts.append(_slow_path(chunk.slice(lo, hi), domain_lists))
+        start = hi
+    if start < len(chunk.bodies):
+        parts.append(ingest_chunk(chunk.slice(start, None), domain_lists, depth=depth + 1))
+    return pl.concat([p[0] for p in parts]), pl.concat([p[1] for p in parts])
 
 
 def _ingest_chunks(chunks: Iterable[Chunk],
@@ -306,28 +354,28 @@ def _screen(text: pl.Series) -> pl.Series:
     return flagged
 
 
-def _as_text(bodies: list[bytes]) -> pl.Series | None:
-    """The bodies as text; None when one is not UTF-8 (Arrow's reader takes invalid UTF-8 inside
-    strings, and polars then panics on it: such a chunk takes the reference path)."""
+def _as_text(bodies: list[bytes]) -> pl.Series:
+    """The bodies as text; a body that is not UTF-8 becomes "" (so it is unreadable: the reference
+    parser gives the reason)."""
     try:
         return pl.Series(bodies, dtype=pl.Binary).cast(pl.String)
-    except pl.exceptions.ComputeError:
-        return None
+    except pl.exceptions.ComputeError:  # some body is not UTF-8
+        return pl.Series([b if _is_utf8(b) else b"" for b in bodies], dtype=pl.Binary).cast(pl.String)
 
 
-def _fast_parse(bodies: list[bytes], text: pl.Series) -> SplitRequests | None:
-    """Arrow's JSON reader against the request schema: strict about types (a wrong type fails the
-    chunk rather than being coerced), unknown fields ignored; ~8x faster than json.loads here.
-    `text` is `bodies` as UTF-8 text (`_as_text`)."""
-    # Only objects, one a line: Arrow's reader crashes the process (SIGSEGV, pyarrow 26) on a first
-    # row that is `null`, and skips a leading BOM the reference parser refuses. The vectorised test
-    # is the common case (every body starts with `{`, none holds a newline); the loop, the exact rule.
-    plain = bool(text.str.starts_with("{").all()) and not text.str.contains("\n", literal=True).any()
-    if not plain and any(b"\n" in b or not b.lstrip(b" \t\r").startswith(b"{") for b in bodies):
-        return None
-    joined = b"\n".join(bodies)
+def _is_utf8(body: bytes) -> bool:
     try:
-        table = read_request_lines(joined)
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _fast_parse(bodies: list[bytes]) -> SplitRequests | None:
+    """Arrow's JSON reader against the request schema (`read_request_lines`), for UTF-8 bodies that
+    are each one JSON object on one line; None when it refuses them."""
+    try:
+        table = read_request_lines(b"\n".join(bodies))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return None
     if table.num_rows != len(bodies):

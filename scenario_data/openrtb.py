@@ -72,6 +72,27 @@ def read_request_lines(joined: bytes) -> pa.Table:
     return pajson.read_json(io.BytesIO(joined), parse_options=options)
 
 
+_REFUSED_ROW = re.compile(r"\bin row (\d+)\b")
+
+
+def first_refused_line(bodies: list[bytes]) -> int | None:
+    """The first line (0-based) `read_request_lines` refuses, from Arrow's own error, read as one block
+    without threads so that its row number counts from the first line; None when it takes them all
+    or does not say. A hint, not a verdict: the line named still goes to the reference validator."""
+    joined = b"\n".join(bodies)
+    if len(joined) >= 2**31 - 1:
+        return None  # more than one block can hold
+    options = pajson.ParseOptions(explicit_schema=REQUEST_ARROW_SCHEMA, unexpected_field_behavior="ignore")
+    one_block = pajson.ReadOptions(use_threads=False, block_size=max(len(joined) + 1, 1 << 20))
+    try:
+        pajson.read_json(io.BytesIO(joined), read_options=one_block, parse_options=options)
+    except pa.ArrowException as e:
+        found = _REFUSED_ROW.search(str(e))
+        row = int(found.group(1)) if found else None
+        return row if row is not None and row < len(bodies) else None
+    return None
+
+
 class RequestError(ValueError):
     """One reason a request is refused, with the field path it concerns."""
 

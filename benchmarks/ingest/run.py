@@ -30,7 +30,12 @@ def baseline(path: Path) -> int:
     rows = []
     with open(path, "rb") as f:
         for line in f:
-            req = json.loads(line)
+            try:
+                req = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(req.get("imp"), list) or not isinstance(req.get("tmax", 0), int):
+                continue
             side = req.get("site") or req.get("app") or {}
             ext = (side.get("ext") or {}).get("modelsmith") or {}
             for imp in req["imp"]:
@@ -72,6 +77,17 @@ def _child(which: str, path: str) -> None:
     print(json.dumps({"rows": rows, "seconds": elapsed, "peak_mib": peak_mib}))
 
 
+BAD_LINES = (b"malformed bid request", b'{"id": "bad", "tmax": "soon", "imp": [{"id": "1", "banner": {"w": 1, "h": 1}}]}')
+
+
+def _with_bad_lines(src: Path, dst: Path, every: int) -> Path:
+    """A copy of `src` with every `every`-th line bad; the baseline skips what json.loads refuses."""
+    with open(src, "rb") as f, open(dst, "wb") as out:
+        for i, line in enumerate(f, start=1):
+            out.write(BAD_LINES[(i // every) % 2] + b"\n" if i % every == 0 else line)
+    return dst
+
+
 def _measure(which: str, path: Path) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", which, str(path)], capture_output=True, text=True,
                           check=True)
@@ -84,6 +100,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3, help="runs of each, interleaved; the median is reported")
     ap.add_argument("--input", type=Path, help="an existing JSONL pack instead of generating one")
+    ap.add_argument("--bad-every", type=int, default=0, metavar="K",
+                    help="replace every K-th line by a bad one (alternately not JSON and a wrong type), as a real "
+                         "feed has: measures what quarantining costs")
     ap.add_argument("--child", nargs=2)
     args = ap.parse_args()
     if args.child:
@@ -97,6 +116,8 @@ def main() -> None:
             t = time.perf_counter()
             write_pack(path, args.n, args.seed, shipped_policy(1))
             print(f"generated {args.n} requests in {time.perf_counter() - t:.1f} s")
+        if args.bad_every:
+            path = _with_bad_lines(path, Path(tmp) / "with-bad-lines.jsonl", args.bad_every)
         print(f"input: {path} ({path.stat().st_size / 2**20:.0f} MiB)")
         runs: dict[str, list[dict]] = {"modelsmith": [], "baseline": []}
         for _ in range(args.repeat):  # interleaved, so drift in the machine's speed hits both alike

@@ -80,6 +80,57 @@ def test_a_bad_line_sends_its_chunk_to_the_reference_path_and_loses_nothing(tmp_
     assert result.quarantine.filter(pl.col("location") == "line 21")["raw"][0] == b"{not json"
 
 
+def _big_chunk_with(bad: dict[int, bytes], n: int = 2000) -> Chunk:
+    lines = _lines(generate_requests(n, seed=5))
+    for i, body in bad.items():
+        lines[i] = body
+    return Chunk("big", lines, [f"line {i + 1}" for i in range(n)])
+
+
+def test_bad_lines_in_a_big_chunk_are_found_without_halving_and_agree_with_the_reference(monkeypatch):
+    """Arrow refuses the whole chunk; the lines it cannot take, or the one its error names, go to the
+    reference validator alone, and the runs between them back to the fast path."""
+    import scenario_data.ingest as ingest
+
+    chunk = _big_chunk_with({
+        100: b'{"id": "x", "imp": [{"id": "1", "banner": {"w": "wide", "h": 50}}]}',  # a wrong type: Arrow names it
+        500: b"{not json",  # Arrow names it too
+        900: b"\xff\xfe not utf-8",  # these two no JSON-object reader takes
+        1300: b"null",
+        1700: b'{"id": "y", "tmax": -1, "imp": [{"id": "1", "banner": {"w": 1, "h": 1}}], "site": {"id": "s"}}',
+    })
+    seen: list[int] = []
+    reference = ingest._slow_path
+
+    def counting(c, domain_lists):
+        seen.append(len(c.bodies))
+        return reference(c, domain_lists)
+
+    monkeypatch.setattr(ingest, "_slow_path", counting)
+    features, quarantine = ingest_chunk(chunk, {})
+    assert seen == [1, 1, 1, 1]  # the four lines Arrow cannot take; tmax < 0 parses, and the screen flags it
+    assert quarantine["location"].to_list() == ["line 101", "line 501", "line 901", "line 1301", "line 1701"]
+    slow_features, slow_quarantine = reference(chunk, {})
+    assert features.equals(slow_features)
+    assert quarantine.equals(slow_quarantine)
+
+
+def test_a_chunk_bad_throughout_still_gives_every_line_its_verdict():
+    """Every line refused for a type: found one at a time up to MAX_LOCATE_DEPTH, then by halving."""
+    body = b'{"id": "r", "tmax": "soon", "imp": [{"id": "1", "banner": {"w": 1, "h": 1}}], "site": {"id": "s"}}'
+    chunk = _big_chunk_with({i: body for i in range(2000)})
+    features, quarantine = ingest_chunk(chunk, {})
+    assert features.height == 0 and quarantine.height == 2000
+    assert set(quarantine["reason"].str.split(":").list.first()) == {"tmax"}
+
+
+def test_alternating_bad_lines_keep_input_order():
+    chunk = _big_chunk_with({i: b"{not json" for i in range(0, 2000, 2)})
+    features, quarantine = ingest_chunk(chunk, {})
+    assert quarantine["location"].to_list() == [f"line {i + 1}" for i in range(0, 2000, 2)]
+    assert features["source_line"].unique(maintain_order=True).to_list() == list(range(2, 2001, 2))
+
+
 def test_25_and_26_spellings_read_the_same():
     base = {"id": "r", "imp": [{"id": "1", "video": {"mimes": ["video/mp4"], "w": 640, "h": 480}}], "site": {"id": "s"}}
     v25, v26 = copy.deepcopy(base), copy.deepcopy(base)
