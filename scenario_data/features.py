@@ -292,7 +292,8 @@ def flatten(
         source_files, dtype=pl.String)
     req = split.requests.with_columns(pl.Series("source_line", source_lines, dtype=pl.Int64), files.alias("source_file"),
                                       _tier1_expr().alias("_tier1"))
-    req = req.with_columns(
+    # One expression per with_columns: polars 1.44 panics on some combinations of struct masks here.
+    for expr in (
         pl.when(pl.col("site").is_not_null())
         .then(pl.lit("site"))
         .when(pl.col("app").is_not_null())
@@ -320,7 +321,8 @@ def flatten(
         _coalesce_side("ext", "modelsmith", "paid_traffic").alias("paid_traffic"),
         (_coalesce_side("ext", "modelsmith", "templated") == 1).fill_null(False).alias("templated"),
         _coalesce_side("ext", "modelsmith", "refresh_s").alias("_ext_refresh"),
-    )
+    ):
+        req = req.with_columns(expr)
     per_request = req.select(pl.col("id").alias("request_id"), *_REQUEST_FEATURES)
     # Each impression takes its request's features (flat columns only: a gather, not an explode).
     rows = per_request[split.imps["_r"]].with_columns(split.imps["imp"])

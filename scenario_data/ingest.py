@@ -6,9 +6,10 @@ quarantined, and each quarantined request keeps its source file, location, raw b
 that names the field path.
 
 Requests are parsed in chunks by Arrow's JSON reader against the request schema (fast path), the
-next chunk parsed while this one is flattened; a chunk the parser refuses (a malformed line, a wrong
-type) is halved until the bad lines are found, and those are re-read one by one with the reference
-validator, which also has the last word on every request the fast path's screens flag.
+next chunk parsed while this one is flattened. In a chunk the parser refuses (a malformed line, a
+wrong type) the bad lines are located and re-read one by one with the reference validator, which
+also has the last word on every request the fast path's screens flag; the lines between them go
+back to the fast path.
 `ingest_to_files` streams the same rows to Parquet chunk by chunk, in memory bounded by one chunk
 (benchmarks/ingest_1gb); `ingest_paths` returns them as one table in memory.
 """
@@ -71,7 +72,8 @@ class Chunk:
         return f"line {self.lines[i]}" if self.lines is not None else self.locations[i]  # type: ignore[index]
 
     def line_numbers(self, indices: list[int]) -> np.ndarray:
-        """The number `source_line` records: the line (JSONL), element or row (the location's number)."""
+        """The number `source_line` records for the bodies at `indices` (ascending, distinct): the line
+        (JSONL), element or row (the location's number)."""
         if self.lines is not None:
             return self.lines if len(indices) == len(self.lines) else self.lines[indices]
         return np.array([_line_no(self.locations[i]) for i in indices], dtype=np.int64)  # type: ignore[index]
@@ -343,9 +345,9 @@ def _ingest_chunks(chunks: Iterable[Chunk],
 
 
 def _screen(text: pl.Series) -> pl.Series:
-    """True where a body may hold what Arrow's reader takes and the reference parser refuses (see
-    NON_JSON_NUMBER) or nesting past MAX_DEPTH: cheap literal-led patterns over every body, the
-    4,301-digit one only over bodies long enough to hold it."""
+    """True where a body may hold what Arrow's reader takes and the reference parser refuses (the
+    patterns above) or nesting past MAX_DEPTH; the 4,301-digit pattern, the costly one, runs only
+    over bodies long enough to hold it."""
     flagged = text.str.contains(NON_JSON_TOKEN) | text.str.contains(LONG_EXPONENT) | (
         text.str.count_matches(r"[\[{]") > MAX_DEPTH)
     long = text.str.len_bytes() > MAX_INT_DIGITS
