@@ -230,7 +230,8 @@ def test_mutated_real_requests_get_the_reference_verdict(tmp_path_factory, seeds
 @given(index=st.integers(0, 10**6), invalid=st.integers(0, 100), lines=st.integers(1, 400))
 def test_real_invalid_bodies_among_many_lines_are_each_quarantined_with_the_reference_reason(
         tmp_path_factory, seeds, realdata, index, invalid, lines):
-    """Big chunks take the fast path; a bad line sends its chunk into halving; every line still gets its verdict."""
+    """Big chunks take the fast path; a bad line is located in its chunk (the lines around it are parsed
+    again); every line still gets its verdict."""
     bad = real_invalid_bodies(realdata)
     rng = random.Random(index)
     bodies = [seeds[rng.randrange(len(seeds))].replace(b'"id":', b'"x-id":', 0) for _ in range(lines)]
