@@ -387,7 +387,6 @@ def _fast_parse(bodies: list[bytes]) -> SplitRequests | None:
 
 def _slow_path(chunk: Chunk, domain_lists: dict[str, str]) -> tuple[pl.DataFrame, pl.DataFrame]:
     good_bodies: list[bytes] = []
-    good_lines: list[int] = []
     good: list[int] = []
     quarantine: list[dict] = []
     for i, body in enumerate(chunk.bodies):
@@ -398,10 +397,10 @@ def _slow_path(chunk: Chunk, domain_lists: dict[str, str]) -> tuple[pl.DataFrame
             quarantine.append(_quarantine_row(chunk, i, str(e)))
             continue
         good_bodies.append(json.dumps(obj, separators=(",", ":")).encode())
-        good_lines.append(int(chunk.line_numbers([i])[0]))
         good.append(i)
     frame = pl.read_ndjson(io.BytesIO(b"\n".join(good_bodies)), schema=REQUEST_SCHEMA) if good_bodies else None
-    features = flatten(frame, chunk.source_list(good), good_lines, domain_lists) if frame is not None else FEATURE_SCHEMA.to_frame()
+    features = (flatten(frame, chunk.source_list(good), chunk.line_numbers(good), domain_lists) if frame is not None
+                else FEATURE_SCHEMA.to_frame())
     return features, _quarantine_frame(quarantine)
 
 
