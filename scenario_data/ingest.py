@@ -35,7 +35,8 @@ import pyarrow.parquet as pq
 from modelsmith.atomic import atomic_path, write_with
 from scenario_data.features import FEATURE_SCHEMA, SplitRequests, flatten, suspect_requests
 from scenario_data.openrtb import (MAX_DEPTH, MAX_INT_DIGITS, REQUEST_SCHEMA, RequestError, parse_json,
-                                   first_refused_line, read_request_lines, validate_request)
+                                   first_refused_line, read_request_lines, refusal_reason,
+                                   validate_request)
 
 QUARANTINE_SCHEMA = pl.Schema(
     {"source_file": pl.String, "location": pl.String, "request_id": pl.String, "reason": pl.String, "raw": pl.Binary}
@@ -276,7 +277,7 @@ def ingest_chunk(chunk: Chunk, domain_lists: dict[str, str], parsed: Parsed | No
     quarantine: list[dict] = []
     refused: list[int] = []
     for i in parsed.suspects.arg_true().to_list():  # type: ignore[union-attr]  # set with the frame
-        reason = _reason(chunk.bodies[i])
+        reason = refusal_reason(chunk.bodies[i])
         if reason is not None:
             quarantine.append(_quarantine_row(chunk, i, reason))
             refused.append(i)
@@ -402,14 +403,6 @@ def _slow_path(chunk: Chunk, domain_lists: dict[str, str]) -> tuple[pl.DataFrame
     features = (flatten(frame, chunk.source_list(good), chunk.line_numbers(good), domain_lists) if frame is not None
                 else FEATURE_SCHEMA.to_frame())
     return features, _quarantine_frame(quarantine)
-
-
-def _reason(body: bytes) -> str | None:
-    try:
-        validate_request(parse_json(body))
-    except RequestError as e:
-        return str(e)
-    return None
 
 
 def _line_no(location: str) -> int:

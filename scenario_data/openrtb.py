@@ -259,6 +259,15 @@ def validate_request(obj: Any) -> None:
         _validate_imp(imp, i, seen)
 
 
+def refusal_reason(body: bytes) -> str | None:
+    """What the reference parser and validator say of one body: None (accepted) or why it is refused."""
+    try:
+        validate_request(parse_json(body))
+    except RequestError as e:
+        return str(e)
+    return None
+
+
 def _validate_imp(imp: Any, i: int, seen: dict[str, int]) -> None:
     p = f"imp[{i}]"
     if imp is None:

@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 
 from scenario_data.features import FEATURE_SCHEMA
 from scenario_data.ingest import QUARANTINE_SCHEMA, IngestResult
-from scenario_data.openrtb import RequestError, parse_json, validate_request
 
 REPO = Path(__file__).resolve().parents[2]
 DEEP = 10_000  # nesting depth of the "deep" inputs: ten times Python's recursion limit
@@ -40,14 +39,6 @@ def real_invalid_bodies(realdata: Path) -> list[tuple[str, bytes]]:
     return [(p.name, p.read_bytes()) for p in sorted((realdata / "openrtb_invalid").glob("*.json"))
             if p.name != "EXPECTED.json"]
 
-
-def reference_reason(body: bytes) -> str | None:
-    """What the reference validator says about one body: None (accepted) or the refusal reason."""
-    try:
-        validate_request(parse_json(body))
-    except RequestError as e:
-        return str(e)
-    return None
 
 
 def assert_accounted(result: IngestResult, bodies_in: int) -> None:

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from scenario_data.ingest import IngestError, ingest_paths, ingest_to_files, write_result
-from scenario_data.openrtb import parse_json
+from scenario_data.openrtb import parse_json, refusal_reason
 from scenario_data.policy import DECISIONS, shipped_policy
 from scenario_data.replay import build_replay_set
 from tests.drills.input_support import (
@@ -37,7 +37,6 @@ from tests.drills.input_support import (
     quarantine_at,
     real_invalid_bodies,
     real_requests,
-    reference_reason,
     run_python,
     write_big_jsonl,
     write_jsonl,
@@ -173,7 +172,7 @@ def _expected(fmt: str, bodies: list[bytes]) -> list[tuple[str, bytes]]:
     if fmt == "parquet":
         return [(f"row {i}", b) for i, b in enumerate(bodies)]
     raw = bodies[0][len(UTF8_BOM):] if bodies[0].startswith(UTF8_BOM) else bodies[0]
-    if reference_reason(raw) is not None:
+    if refusal_reason(raw) is not None:
         try:
             doc = parse_json(raw)
         except Exception:  # noqa: BLE001 - the reference refuses it: one body, quarantined whole
@@ -187,7 +186,7 @@ def _check_verdicts(result, expected: list[tuple[str, bytes]]) -> None:
     """Each body: accepted with one feature row per impression, or quarantined with the reference's reason."""
     assert_accounted(result, len(expected))
     for location, body in expected:
-        reason = reference_reason(body)
+        reason = refusal_reason(body)
         row = quarantine_at(result, location)
         if reason is None:
             assert row is None, (location, row and row["reason"])
