@@ -106,5 +106,6 @@ def test_helm_values_match_the_production_instance():
     assert concurrency["runs"]["maxConcurrentRuns"] == instance["concurrency"]["runs"]["max_concurrent_runs"]
     assert concurrency["pools"]["defaultLimit"] == instance["concurrency"]["pools"]["default_limit"] == 1
     assert concurrency["pools"]["granularity"] == instance["concurrency"]["pools"]["granularity"] == "run"
+    assert VALUES["telemetry"]["enabled"] is instance["telemetry"]["enabled"] is False
     assert VALUES["postgresql"]["enabled"] is False and VALUES["postgresql"]["service"]["port"] == 5432
     assert "password" not in json.dumps(VALUES["postgresql"]).lower()  # from a secret, never in values
