@@ -29,6 +29,19 @@ def _default_status() -> dg.DefaultSensorStatus:
     return dg.DefaultSensorStatus.STOPPED if stopped else dg.DefaultSensorStatus.RUNNING
 
 
+def sensor_interval_s() -> int:
+    """Seconds between a sensor's ticks: MODELSMITH_SENSOR_INTERVAL_S, default 30 (tests that watch the
+    daemon react use a few seconds)."""
+    raw = os.environ.get("MODELSMITH_SENSOR_INTERVAL_S", "").strip() or "30"
+    try:
+        seconds = int(raw)
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise ValueError(f"MODELSMITH_SENSOR_INTERVAL_S: must be a whole number of seconds >= 1, got {raw!r}")
+    return seconds
+
+
 SCENARIOS_JOB, BASE_JOB, PIN_JOB, REPAIR_JOB = ("materialize_scenarios_job", "build_base_model_job",
                                                 "pin_model_version_job", "repair_cycle_job")
 
@@ -40,7 +53,7 @@ def last_scenario_fingerprint(instance: dg.DagsterInstance) -> str | None:
     return meta["scenario_fingerprint"].value if "scenario_fingerprint" in meta else None
 
 
-@dg.sensor(job_name=SCENARIOS_JOB, default_status=_default_status(), minimum_interval_seconds=30)
+@dg.sensor(job_name=SCENARIOS_JOB, default_status=_default_status(), minimum_interval_seconds=sensor_interval_s())
 def scenario_change_sensor(context: dg.SensorEvaluationContext, scenarios: ScenarioSettings, storage: StorageEngine):
     """Re-run the scenario stage when the active policy or the replay files change."""
     fingerprint = scenarios.fingerprint(storage.base())
@@ -131,14 +144,14 @@ def automation_defs(jobs: dict) -> dg.Definitions:
     """`jobs`: the code location's jobs by name (the sensors launch them)."""
 
     @dg.sensor(jobs=[jobs[PIN_JOB], jobs[BASE_JOB]], default_status=_default_status(),
-               minimum_interval_seconds=30)
+               minimum_interval_seconds=sensor_interval_s())
     def champion_repin_sensor(context: dg.SensorEvaluationContext, storage: StorageEngine):
         """Re-pin the champion after new replayed auctions or a new base model (building the base first if needed)."""
         requests, cursor = repin_requests(context.instance, storage.base(), int(context.cursor or 0))
         context.update_cursor(str(cursor))
         return requests or dg.SkipReason("no new scenarios or base model")
 
-    @dg.sensor(job_name=REPAIR_JOB, default_status=_default_status(), minimum_interval_seconds=30)
+    @dg.sensor(job_name=REPAIR_JOB, default_status=_default_status(), minimum_interval_seconds=sensor_interval_s())
     def pin_regression_sensor(context: dg.SensorEvaluationContext, storage: StorageEngine):
         """Open a repair cycle for each new champion regression, and launch its chain once."""
         cycles, requests, cursor = regression_requests(context.instance, storage.base(), int(context.cursor or 0))

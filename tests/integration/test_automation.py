@@ -100,3 +100,17 @@ def test_the_nightly_schedule_reingests_at_three():
     schedule = build_definitions("embedded").resolve_schedule_def("nightly_repin")
     assert schedule.cron_schedule == "0 3 * * *" and schedule.job_name == "materialize_scenarios_job"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+
+
+def test_the_sensor_interval_is_30_s_unless_set(monkeypatch):
+    from modelsmith_assets.automation import sensor_interval_s
+
+    monkeypatch.delenv("MODELSMITH_SENSOR_INTERVAL_S", raising=False)
+    assert sensor_interval_s() == 30
+    assert {s.minimum_interval_seconds for s in build_definitions("embedded").sensors} == {30}
+    monkeypatch.setenv("MODELSMITH_SENSOR_INTERVAL_S", "5")
+    assert sensor_interval_s() == 5
+    for bad in ("0", "-3", "2.5", "soon"):
+        monkeypatch.setenv("MODELSMITH_SENSOR_INTERVAL_S", bad)
+        with pytest.raises(ValueError, match=f"MODELSMITH_SENSOR_INTERVAL_S: .* got '{bad}'"):
+            sensor_interval_s()

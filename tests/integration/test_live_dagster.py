@@ -29,6 +29,7 @@ from tests.conftest import seed_default_base
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
+SENSOR_INTERVAL_S = 5  # MODELSMITH_SENSOR_INTERVAL_S for the daemon under test (30 s by default)
 TERMINAL = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
@@ -87,6 +88,7 @@ def live(tmp_path_factory, realdata, default_base_models) -> Iterator[Live]:
     log = home / "dagster-dev.log"
     env = {**os.environ, "MODELSMITH_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
     env.pop("MODELSMITH_SENSORS", None)  # the default: sensors and the schedule running
+    env["MODELSMITH_SENSOR_INTERVAL_S"] = str(SENSOR_INTERVAL_S)
     pinned = subprocess.run([str(BIN / "modelsmith"), "loop", "--json", "--policy", str(POLICIES_DIR / "v1.yaml")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert pinned.returncode == 0, pinned.stderr[-3000:]
@@ -141,7 +143,7 @@ def test_a_policy_change_while_dagster_dev_runs_opens_a_cycle_by_itself(live: Li
     assert outcome["repaired"] == ["Video Gaming/app"]  # offered or not depends on the machine (test_default_story)
     assert (outcome["verdict"] == "ready for approval") == outcome["offer_for_promotion"] == (outcome["flagged"] == [])
     assert live.cli(str(BIN / "modelsmith"), "bundle", "verify", outcome["bundle_path"]).returncode == 0
-    time.sleep(35)  # one more sensor interval: the same regression opens nothing twice
+    time.sleep(SENSOR_INTERVAL_S + 5)  # one more sensor interval: the same regression opens nothing twice
     assert len(live.runs(job_name="repair_cycle_job")) == 1
 
 
@@ -256,7 +258,7 @@ def test_backfill_repins_every_model_version(live: Live):
     runs = live.finished(runs, timeout=600)
     assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(versions)
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
-    time.sleep(35)  # a sensor interval: the champion's re-pin found the same regression, which has its cycle
+    time.sleep(SENSOR_INTERVAL_S + 5)  # a sensor interval: the champion's re-pin found the same regression, which has its cycle
     assert {r.run_id for r in live.runs(job_name="repair_cycle_job")} == before
 
 
