@@ -333,6 +333,34 @@ def bundle_verify(path: Path, public_key: Path | None, as_json: bool) -> None:
         sys.exit(1)
 
 
+@main.group("home")
+def home_group() -> None:
+    """The Modelsmith home ($MODELSMITH_HOME or ~/.modelsmith)."""
+
+
+@home_group.command("sweep")
+@click.option("--home", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Modelsmith home (default: $MODELSMITH_HOME or ~/.modelsmith)")
+@click.option("--older-than", "older_than_h", type=click.FloatRange(min=0), default=24.0, show_default=True,
+              help="Hours since anything in a leftover was last written")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing")
+@click.option("--json", "as_json", is_flag=True, help="Print one summary object")
+def home_sweep(home: Path | None, older_than_h: float, dry_run: bool, as_json: bool) -> None:
+    """Remove the hidden temp files and work directories that killed writes left behind."""
+    from modelsmith.home import modelsmith_home
+    from modelsmith.leftovers import sweep
+
+    found = sweep(home or modelsmith_home(), older_than_h * 3600, dry_run=dry_run)
+    total = sum(f.size_bytes for f in found)
+    if as_json:
+        click.echo(json.dumps({"removed": not dry_run, "leftovers": [f.as_json() for f in found], "bytes": total}))
+        return
+    for f in found:
+        click.echo(f"{'would remove' if dry_run else 'removed'} {f.path} ({f.size_bytes} bytes, a write of "
+                   f"{f.target.name}, idle {f.idle_s / 3600:.1f} h)")
+    click.echo(f"{len(found)} leftover(s), {total} bytes{' (dry run: nothing removed)' if dry_run else ''}")
+
+
 def _file_digest(path: Path) -> str:
     from modelsmith.model_dir import directory_digest, file_sha256
 

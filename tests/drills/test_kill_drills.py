@@ -31,6 +31,18 @@ def _child(name: str, workdir: Path, trap: list[dict] | None = None, **kwargs) -
     return Child(code, workdir, trap=trap, args=(json.dumps({k: str(v) for k, v in kwargs.items()}),))
 
 
+def _swept(root: Path) -> None:
+    """`modelsmith home sweep` removes exactly the killed writers' leftovers, and nothing a reader sees;
+    while they are fresh (a writer could still be at work) the default age keeps them."""
+    from modelsmith.leftovers import find_leftovers, sweep
+
+    left, seen = hidden(root), visible(root)
+    assert left, "the kill left nothing to sweep"
+    assert find_leftovers(root) == []  # younger than a day
+    assert sorted(f.path.relative_to(root).as_posix() for f in sweep(root, older_than_s=0)) == left
+    assert hidden(root) == [] and visible(root) == seen
+
+
 # --- the work, as a child runs it ---
 
 def job_pin(home: str, model_dir: str) -> Path:
@@ -163,6 +175,7 @@ def test_ingest_killed_before_each_publish_and_at_random(tmp_path):
 
     leftovers = hidden(out)
     assert all(h.startswith(".") and h.endswith(".tmp") for h in leftovers)
+    _swept(out)
     again = CliRunner().invoke(main, [*args, "--output", str(out)])
     assert again.exit_code == 0, again.output
     assert visible(out) == expected  # the same digests as the unkilled run
@@ -243,6 +256,7 @@ def test_training_killed_mid_run_and_while_replacing_an_older_one(tmp_path, mode
     assert not out.exists()
     leftovers = hidden(out.parent)
     assert leftovers and all(h.split("/")[0].startswith(".adapter.") for h in leftovers)
+    _swept(out.parent)
     again = job_train(str(model_dir), str(rows_path), str(out))
     assert again["digest"] == directory_digest(out) == reference["digest"]
 
@@ -284,6 +298,8 @@ def test_bundle_killed_before_the_directory_and_before_the_tar(tmp_path, adapter
     (tmp_dir,) = hidden(home / "bundles")
     assert tmp_dir.startswith(".c1.") and (home / "bundles" / tmp_dir / "bundle.dsse.json").is_file()
     assert visible(home / "bundles") == {} and bundles(home) == [] and pending(home) == ""  # readers skip it
+    leftovers = hidden(home)
+    _swept(home)
     info = job_bundle(str(home), str(keys), str(adapter_files))
     assert info.digest == ref.digest and file_sha256(info.tar) == ref_tar
 
@@ -297,7 +313,7 @@ def test_bundle_killed_before_the_directory_and_before_the_tar(tmp_path, adapter
     with pytest.raises(FileExistsError, match="immutable"):  # written again: the tar is completed, nothing else
         job_bundle(str(home), str(keys), str(adapter_files))
     assert file_sha256(home / "bundles" / "c1.tar") == ref_tar and verify_bundle(home / "bundles" / "c1.tar").ok
-    _record("bundle", leftovers=len(hidden(tmp_path / "h1")), kill_at_s=round(killed.after_s, 1))
+    _record("bundle", leftovers=len(leftovers), kill_at_s=round(killed.after_s, 1))
 
 
 def _gate_home(home: Path, adapter_files: Path) -> tuple[str, str, str]:
