@@ -11,15 +11,15 @@ bf16 and gradient checkpointing made CPU steps 10-25x slower here). The adapter 
 written atomically (a temporary sibling, renamed): a killed run leaves no half-written adapter.
 """
 
+import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import polars as pl
 
-from modelsmith.atomic import replace_dir
+from modelsmith.atomic import replace_dir, work_dir
 from modelsmith.model_dir import directory_digest
 
 
@@ -205,7 +205,7 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
         log(why_not)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    work, lock = work_dir(out_dir)  # held while training: `modelsmith home sweep` leaves it alone
     history: list[dict] = []
     best: dict = {"score": float("-inf")}
 
@@ -272,6 +272,7 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
         replace_dir(adapter_dir, out_dir)  # never a half-deleted old adapter or a half-written new one at out_dir
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        os.close(lock)
     return {"stages": stages_run, "requested_stages": list(recipe.stages), "grpo": grpo_summary,
             "qlora": on_gpu, "precision": "4-bit NF4 base (QLoRA)" if on_gpu else f"fp32 ({why_not})",
             "best_epoch": best["epoch"], "heldout": best["accuracy"], "history": history,

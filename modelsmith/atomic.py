@@ -1,12 +1,16 @@
 """Atomic writes: a temp file in the target's directory, fsync, then rename.
 
 A run killed at any point leaves either the old file or the new one, never half of one; what it
-may leave besides is a temp file with a hidden name (`.<name>.<random>.tmp`), which readers skip.
-A write that fails (a full disk, a file size limit) removes its temp file and names the target.
+may leave besides is a temp file with a hidden name (`.<name>.<random>.tmp`), which readers skip
+and `modelsmith home sweep` removes (`modelsmith.leftovers`). A writer holds a shared lock on its
+temp file or work directory (`hold`) while it works, so the sweep never takes one in use; the kernel
+drops the lock when the process dies. A write that fails (a full disk, a file size limit) removes
+its temp file and names the target.
 """
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import tempfile
@@ -20,7 +24,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # in use until closed (see `hold`)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -40,6 +44,40 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         raise
     finally:
         tmp_path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def hold(path: str | os.PathLike[str]) -> int:
+    """A shared lock on the temp file or work directory `path`, held while the returned descriptor is
+    open: `modelsmith home sweep` leaves it alone. Close the descriptor when done (a killed process
+    closes it by dying)."""
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def in_use(path: str | os.PathLike[str]) -> bool:
+    """Whether a live writer holds `path` (`hold`)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def work_dir(target: str | os.PathLike[str]) -> tuple[Path, int]:
+    """A hidden work directory beside `target` (`.<name>.<random>.tmp`), held (`hold`): the path and
+    the descriptor to close when the work is published or abandoned."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    return work, hold(work)
 
 
 def write_bytes(target: str | os.PathLike[str], data: bytes) -> None:

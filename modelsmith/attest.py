@@ -97,7 +97,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from securesystemslib.dsse import Envelope
 from securesystemslib.signer import Key, Signature, Signer, SSlibKey
 
-from modelsmith.atomic import fsync_dir, write_bytes, write_text, write_with
+from modelsmith.atomic import fsync_dir, work_dir, write_bytes, write_text, write_with
 from modelsmith.model_dir import file_sha256
 from modelsmith.lineage import canonical_json
 from resources.signer import key_id_for
@@ -350,7 +350,7 @@ def write_bundle(out_dir: Path, files: dict[str, bytes | Path], adapter_dir: Pat
         raise FileExistsError(f"bundle {out_dir} already exists: a bundle is immutable once written")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp, lock = work_dir(out_dir)  # held until published: `modelsmith home sweep` leaves it alone
     try:
         for name, content in files.items():
             _put(tmp / name, content)
@@ -377,6 +377,8 @@ def write_bundle(out_dir: Path, files: dict[str, bytes | Path], adapter_dir: Pat
         if named is e:
             raise
         raise named from e
+    finally:
+        os.close(lock)
     fsync_dir(out_dir.parent)
     try:
         write_tar(out_dir, tar_path)

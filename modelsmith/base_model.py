@@ -9,13 +9,13 @@ a user's Llama or Qwen directory is.
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import polars as pl
 
+from modelsmith.atomic import work_dir
 from modelsmith.model_dir import directory_digest
 from modelsmith.prompt import PROMPT_LENGTH, prompts, train_tokenizer
 
@@ -110,7 +110,7 @@ def pretrain(
     _cpu_threads()
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    work, lock = work_dir(out_dir)  # held while training: `modelsmith home sweep` leaves it alone
     try:
         tokenizer = train_tokenizer(prompts(labelled))
         model = build_model(tokenizer, cfg.architecture, cfg.seed)
@@ -153,6 +153,8 @@ def pretrain(
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    finally:
+        os.close(lock)
 
 
 def v1_pins_pass(labelled: pl.DataFrame, pins) -> Callable[[object, object], bool]:

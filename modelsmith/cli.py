@@ -346,19 +346,30 @@ def home_group() -> None:
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing")
 @click.option("--json", "as_json", is_flag=True, help="Print one summary object")
 def home_sweep(home: Path | None, older_than_h: float, dry_run: bool, as_json: bool) -> None:
-    """Remove the hidden temp files and work directories that killed writes left behind."""
+    """Remove the hidden temp files and work directories that killed writes left behind; exit 1 if one
+    could not be removed."""
     from modelsmith.home import modelsmith_home
     from modelsmith.leftovers import sweep
 
-    found = sweep(home or modelsmith_home(), older_than_h * 3600, dry_run=dry_run)
-    total = sum(f.size_bytes for f in found)
+    report = sweep(home or modelsmith_home(), older_than_h * 3600, dry_run=dry_run)
     if as_json:
-        click.echo(json.dumps({"removed": not dry_run, "leftovers": [f.as_json() for f in found], "bytes": total}))
-        return
-    for f in found:
-        click.echo(f"{'would remove' if dry_run else 'removed'} {f.path} ({f.size_bytes} bytes, a write of "
-                   f"{f.target.name}, idle {f.idle_s / 3600:.1f} h)")
-    click.echo(f"{len(found)} leftover(s), {total} bytes{' (dry run: nothing removed)' if dry_run else ''}")
+        click.echo(json.dumps({"dry_run": dry_run, "removed": [f.as_json() for f in report.removed],
+                               "kept": [{**f.as_json(), "reason": why} for f, why in report.kept],
+                               "failed": [{**f.as_json(), "error": err} for f, err in report.failed],
+                               "bytes": report.removed_bytes}))
+    else:
+        for f in report.removed:
+            click.echo(f"{'would remove' if dry_run else 'removed'} {f.path} ({f.size_bytes} bytes, a write of "
+                       f"{f.target.name}, idle {f.idle_s / 3600:.1f} h)")
+        for f, why in report.kept:
+            click.echo(f"kept {f.path}: {why}")
+        for f, err in report.failed:
+            click.echo(f"could not remove {f.path}: {err}", err=True)
+        click.echo(f"{len(report.removed)} leftover(s), {report.removed_bytes} bytes"
+                   f"{' (dry run: nothing removed)' if dry_run else ' removed'}; {len(report.kept)} kept"
+                   f"{f'; {len(report.failed)} failed' if report.failed else ''}")
+    if report.failed:
+        sys.exit(1)
 
 
 def _file_digest(path: Path) -> str:

@@ -1,22 +1,26 @@
 """What killed writes leave in the Modelsmith home, and removing it.
 
-Every writer works under a hidden temp name beside its target (`modelsmith.atomic`, the bundle,
-base-model and adapter builders: `.<target>.<8 random chars>` plus `.tmp` or `.old` for some) and
-renames it into place when done. A run killed with SIGKILL (or a lost machine) cannot clean up, so
-the temp file or work directory stays: readers skip it, but a killed merge of a 7B adapter is
-gigabytes. `sweep` removes such leftovers once nothing has touched them for a while, so a writer
-still at work (whose directory keeps getting new files) is never swept from under it.
+Every writer works under a hidden temp name beside its target (`modelsmith.atomic`:
+`.<target>.<8 random chars>.tmp`; an old directory being replaced, `.<target>.<random>.old`; a
+bundle that failed after publishing, `.<target>.<pid>.failed`) and renames it into place when done.
+A run killed with SIGKILL (or a lost machine) cannot clean up, so the temp file or work directory
+stays: readers skip it, but a killed merge of a 7B adapter is gigabytes. `sweep` removes them when
+no live writer holds them (`atomic.hold`: the lock dies with its process) and nothing in them has
+changed for a while. One is kept whatever its age: a `.old` directory whose target is missing is the
+last published version of it (a replace killed between its two renames).
 """
 
 import os
 import re
 import shutil
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-# tempfile's names: the prefix we give, 8 characters from [a-z0-9_], the suffix we give.
-LEFTOVER_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}(?:\.tmp|\.old)?$")
+from modelsmith.atomic import in_use
+
+LEFTOVER_NAME = re.compile(r"^\.(?P<target>.+)\.(?:[a-z0-9_]{8}\.(?:tmp|old)|[0-9]+\.failed)$")
 DEFAULT_AGE_S = 24 * 3600.0
 
 
@@ -27,9 +31,20 @@ class Leftover:
     size_bytes: int
     idle_s: float  # since anything in it was last written
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, str | int | float]:
         return {"path": str(self.path), "target": str(self.target), "size_bytes": self.size_bytes,
                 "idle_s": round(self.idle_s, 1)}
+
+
+@dataclass
+class SweepReport:
+    removed: list[Leftover] = field(default_factory=list)  # or, in a dry run, would be
+    kept: list[tuple[Leftover, str]] = field(default_factory=list)  # with the reason
+    failed: list[tuple[Leftover, str]] = field(default_factory=list)  # with the error
+
+    @property
+    def removed_bytes(self) -> int:
+        return sum(f.size_bytes for f in self.removed)
 
 
 def _size_and_newest(path: Path) -> tuple[int, float]:
@@ -51,7 +66,7 @@ def _size_and_newest(path: Path) -> tuple[int, float]:
 
 def find_leftovers(root: str | os.PathLike[str], older_than_s: float = DEFAULT_AGE_S,
                    now: float | None = None) -> list[Leftover]:
-    """Hidden temp files and work directories under `root` idle for at least `older_than_s` seconds."""
+    """Temp files and work directories under `root` unchanged for at least `older_than_s` seconds."""
     root, now = Path(root), time.time() if now is None else now
     found: list[Leftover] = []
     for current, dirs, files in os.walk(root):
@@ -71,13 +86,36 @@ def find_leftovers(root: str | os.PathLike[str], older_than_s: float = DEFAULT_A
     return found
 
 
-def sweep(root: str | os.PathLike[str], older_than_s: float = DEFAULT_AGE_S, dry_run: bool = False) -> list[Leftover]:
-    """Remove (unless `dry_run`) and return the leftovers `find_leftovers` reports."""
-    found = find_leftovers(root, older_than_s)
-    if not dry_run:
-        for leftover in found:
-            if leftover.path.is_dir() and not leftover.path.is_symlink():
-                shutil.rmtree(leftover.path, ignore_errors=True)
-            else:
-                leftover.path.unlink(missing_ok=True)
-    return found
+def _remove(path: Path) -> str | None:
+    """Remove a file or a tree; the first error, or None."""
+    errors: list[str] = []
+
+    def note(_func, failed_path, exc) -> None:  # exc: the exception (onexc) or its sys.exc_info() (onerror)
+        errors.append(f"{failed_path}: {exc if isinstance(exc, BaseException) else exc[1]}")
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, **({"onexc": note} if sys.version_info >= (3, 12) else {"onerror": note}))
+    else:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:
+            errors.append(f"{path}: {e}")
+    return errors[0] if errors else None
+
+
+def sweep(root: str | os.PathLike[str], older_than_s: float = DEFAULT_AGE_S, dry_run: bool = False) -> SweepReport:
+    """Remove (unless `dry_run`) the leftovers `find_leftovers` reports that no live writer holds."""
+    report = SweepReport()
+    for leftover in find_leftovers(root, older_than_s):
+        if in_use(leftover.path):
+            report.kept.append((leftover, "in use by a running writer"))
+        elif leftover.path.name.endswith(".old") and not os.path.lexists(leftover.target):
+            report.kept.append((leftover, f"the last published version of {leftover.target}, which is missing (a "
+                                          f"replace killed between its two renames): rename it back, or re-run"))
+        elif dry_run:
+            report.removed.append(leftover)
+        elif (error := _remove(leftover.path)) is not None:
+            report.failed.append((leftover, error))
+        else:
+            report.removed.append(leftover)
+    return report

@@ -53,19 +53,6 @@ def last_scenario_fingerprint(instance: dg.DagsterInstance) -> str | None:
     return meta["scenario_fingerprint"].value if "scenario_fingerprint" in meta else None
 
 
-@dg.sensor(job_name=SCENARIOS_JOB, default_status=_default_status(), minimum_interval_seconds=sensor_interval_s())
-def scenario_change_sensor(context: dg.SensorEvaluationContext, scenarios: ScenarioSettings, storage: StorageEngine):
-    """Re-run the scenario stage when the active policy or the replay files change."""
-    fingerprint = scenarios.fingerprint(storage.base())
-    if context.cursor is None and last_scenario_fingerprint(context.instance) == fingerprint:
-        context.update_cursor(fingerprint)  # first tick: the latest materialisation is already of this state
-        return dg.SkipReason("the latest replayed_auctions already reflects this policy and these replay files")
-    if context.cursor == fingerprint:
-        return dg.SkipReason("policy and replay files unchanged")
-    context.update_cursor(fingerprint)
-    return dg.RunRequest(run_key=f"scenarios-{fingerprint[:16]}", tags={"modelsmith/trigger": "scenario change"})
-
-
 def _new_materializations(instance: dg.DagsterInstance, asset: str, after: int) -> list:
     return instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), after_storage_id=after), limit=100, ascending=True).records
@@ -141,17 +128,32 @@ def ensure_pool_limit(instance: dg.DagsterInstance, pool: str = TRAINING_POOL) -
 
 
 def automation_defs(jobs: dict) -> dg.Definitions:
-    """`jobs`: the code location's jobs by name (the sensors launch them)."""
+    """`jobs`: the code location's jobs by name (the sensors launch them). Built per call, so the
+    sensor interval is read when the definitions load."""
+    interval = sensor_interval_s()
+
+    @dg.sensor(job_name=SCENARIOS_JOB, default_status=_default_status(), minimum_interval_seconds=interval)
+    def scenario_change_sensor(context: dg.SensorEvaluationContext, scenarios: ScenarioSettings,
+                               storage: StorageEngine):
+        """Re-run the scenario stage when the active policy or the replay files change."""
+        fingerprint = scenarios.fingerprint(storage.base())
+        if context.cursor is None and last_scenario_fingerprint(context.instance) == fingerprint:
+            context.update_cursor(fingerprint)  # first tick: the latest materialisation is already of this state
+            return dg.SkipReason("the latest replayed_auctions already reflects this policy and these replay files")
+        if context.cursor == fingerprint:
+            return dg.SkipReason("policy and replay files unchanged")
+        context.update_cursor(fingerprint)
+        return dg.RunRequest(run_key=f"scenarios-{fingerprint[:16]}", tags={"modelsmith/trigger": "scenario change"})
 
     @dg.sensor(jobs=[jobs[PIN_JOB], jobs[BASE_JOB]], default_status=_default_status(),
-               minimum_interval_seconds=sensor_interval_s())
+               minimum_interval_seconds=interval)
     def champion_repin_sensor(context: dg.SensorEvaluationContext, storage: StorageEngine):
         """Re-pin the champion after new replayed auctions or a new base model (building the base first if needed)."""
         requests, cursor = repin_requests(context.instance, storage.base(), int(context.cursor or 0))
         context.update_cursor(str(cursor))
         return requests or dg.SkipReason("no new scenarios or base model")
 
-    @dg.sensor(job_name=REPAIR_JOB, default_status=_default_status(), minimum_interval_seconds=sensor_interval_s())
+    @dg.sensor(job_name=REPAIR_JOB, default_status=_default_status(), minimum_interval_seconds=interval)
     def pin_regression_sensor(context: dg.SensorEvaluationContext, storage: StorageEngine):
         """Open a repair cycle for each new champion regression, and launch its chain once."""
         cycles, requests, cursor = regression_requests(context.instance, storage.base(), int(context.cursor or 0))

@@ -6,6 +6,7 @@ logged, printed or returned; `repr` shows only the key id. A key file that group
 is refused (`KeyPermissionError`), as ssh refuses one.
 """
 
+import fcntl
 import hashlib
 import os
 import tempfile
@@ -117,6 +118,7 @@ def _create_exclusive(target: Path, data: bytes) -> None:
     loads the winner's key.
     """
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)  # mode 0600
+    fcntl.flock(fd, fcntl.LOCK_SH)  # in use (`modelsmith.atomic.hold`) until written
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o600)

@@ -267,7 +267,9 @@ def _failed_clearly(server: Server, dbname: str, inst, result, *expected: str, s
         assert failure.step_key == "replayed_auctions", failure.step_key
     else:
         (failure,) = [e for e in result.all_events if e.event_type_value == "RUN_FAILURE"]
+    assert failure.event_specific_data.error is not None, failure
     text = failure.event_specific_data.error.to_string()
+    assert "get_run_storage_id" not in text, text  # telemetry's unretried read: off in dagster.yaml.example
     assert "OperationalError" in text, text
     assert all(e in text for e in expected), text
     assert server.rows(dbname, "SELECT status FROM runs WHERE run_id = %s", result.run_id) == [("FAILURE",)]

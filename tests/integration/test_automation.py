@@ -6,7 +6,6 @@ import dagster as dg
 import pytest
 
 from modelsmith.model_dir import read_champion, short
-from modelsmith_assets.automation import scenario_change_sensor
 from modelsmith_assets.definitions import build_definitions
 from resources import InferenceSettings, LocalStorage, ModelSettings, ScenarioSettings
 from scenario_data.policy import POLICIES_DIR
@@ -50,7 +49,6 @@ def test_scenario_changes_rerun_the_scenario_stage_once_each(world):
     (home / "policy.yaml").write_bytes((POLICIES_DIR / "v2.yaml").read_bytes())  # `modelsmith policy activate`
     policy = _tick(defs, "scenario_change_sensor", instance, resources, landed.cursor)
     assert len(policy.run_requests) == 1
-    assert scenario_change_sensor  # the same object the definitions carry
 
     # A daemon starting on a home the loop already ingested (no cursor yet) does not re-ingest the same state.
     _run(defs, "materialize_scenarios_job", instance, resources)
@@ -110,6 +108,7 @@ def test_the_sensor_interval_is_30_s_unless_set(monkeypatch):
     assert {s.minimum_interval_seconds for s in build_definitions("embedded").sensors} == {30}
     monkeypatch.setenv("MODELSMITH_SENSOR_INTERVAL_S", "5")
     assert sensor_interval_s() == 5
+    assert {s.minimum_interval_seconds for s in build_definitions("embedded").sensors} == {5}
     for bad in ("0", "-3", "2.5", "soon"):
         monkeypatch.setenv("MODELSMITH_SENSOR_INTERVAL_S", bad)
         with pytest.raises(ValueError, match=f"MODELSMITH_SENSOR_INTERVAL_S: .* got '{bad}'"):

@@ -143,16 +143,29 @@ def test_a_policy_change_while_dagster_dev_runs_opens_a_cycle_by_itself(live: Li
     assert outcome["repaired"] == ["Video Gaming/app"]  # offered or not depends on the machine (test_default_story)
     assert (outcome["verdict"] == "ready for approval") == outcome["offer_for_promotion"] == (outcome["flagged"] == [])
     assert live.cli(str(BIN / "modelsmith"), "bundle", "verify", outcome["bundle_path"]).returncode == 0
-    time.sleep(SENSOR_INTERVAL_S + 5)  # one more sensor interval: the same regression opens nothing twice
+    since = time.time()  # one more tick of the regression sensor: the same regression opens nothing twice
+    live.wait("another regression sensor tick", lambda: _ticked(live, "pin_regression_sensor", since), timeout=120)
     assert len(live.runs(job_name="repair_cycle_job")) == 1
 
 
-def _ticked(live: Live, sensor: str) -> bool:
+def _last_tick(live: Live, sensor: str):
+    """The sensor's latest tick (None before its first)."""
     from dagster._core.scheduler.instigation import InstigatorType  # ticks have no public reader
 
     with live.instance() as instance:
-        return any(state.name == sensor and instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
-                   for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR))
+        for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+            if state.name == sensor:
+                ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
+                return ticks[0] if ticks else None
+    return None
+
+
+def _ticked(live: Live, sensor: str, after: float = 0.0) -> bool:
+    """Whether the sensor finished a tick that started after `after` (a Unix time)."""
+    from dagster._core.scheduler.instigation import TickStatus
+
+    tick = _last_tick(live, sensor)
+    return tick is not None and tick.timestamp > after and tick.status != TickStatus.STARTED
 
 
 ARTIFACTS = Path(os.environ.get("MODELSMITH_TEST_ARTIFACTS", REPO / "artifacts")) / "ui"
@@ -258,7 +271,9 @@ def test_backfill_repins_every_model_version(live: Live):
     runs = live.finished(runs, timeout=600)
     assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(versions)
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
-    time.sleep(SENSOR_INTERVAL_S + 5)  # a sensor interval: the champion's re-pin found the same regression, which has its cycle
+    since = time.time()  # the champion's re-pin found the same regression, which has its cycle: nothing opens
+    live.wait("a regression sensor tick after the backfill", lambda: _ticked(live, "pin_regression_sensor", since),
+              timeout=120)
     assert {r.run_id for r in live.runs(job_name="repair_cycle_job")} == before
 
 
