@@ -204,7 +204,6 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
         log(why_not)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     work, lock = work_dir(out_dir)  # held while training: `modelsmith home sweep` leaves it alone
     history: list[dict] = []
     best: dict = {"score": float("-inf")}

@@ -349,7 +349,6 @@ def write_bundle(out_dir: Path, files: dict[str, bytes | Path], adapter_dir: Pat
     if out_dir.exists() or tar_path.exists():
         raise FileExistsError(f"bundle {out_dir} already exists: a bundle is immutable once written")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp, lock = work_dir(out_dir)  # held until published: `modelsmith home sweep` leaves it alone
     try:
         for name, content in files.items():

@@ -109,7 +109,6 @@ def pretrain(
     cfg = cfg or PretrainConfig()
     _cpu_threads()
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     work, lock = work_dir(out_dir)  # held while training: `modelsmith home sweep` leaves it alone
     try:
         tokenizer = train_tokenizer(prompts(labelled))

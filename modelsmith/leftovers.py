@@ -13,6 +13,7 @@ last published version of it (a replace killed between its two renames).
 import os
 import re
 import shutil
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -59,7 +60,7 @@ def _size_and_newest(path: Path) -> tuple[int, float]:
                 s = os.lstat(os.path.join(root, name))
             except FileNotFoundError:  # removed meanwhile
                 continue
-            size += s.st_size if name in files else 0
+            size += 0 if stat.S_ISDIR(s.st_mode) else s.st_size
             newest = max(newest, s.st_mtime)
     return size, newest
 
