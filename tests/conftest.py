@@ -1,12 +1,19 @@
 """Shared fixtures. `realdata` is ../shared/realdata: present in CI and on a developer's checkout only."""
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata"
+
+# A runner that starts the suite with SIGTERM ignored (a background job of a script, on some machines)
+# passes that on to every child: Dagster's `tail -F` compute-log mirrors then outlive `terminate()`
+# (30 s each, twice per step of a run on a persistent instance) and `dagster dev` its SIGTERM (60 s).
+# Children get the default back, as from an interactive shell; the suite can still be stopped.
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")
