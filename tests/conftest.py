@@ -9,10 +9,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata"
 
-# A runner that starts the suite with SIGTERM ignored (a background job of a script, on some machines)
-# passes that on to every child: Dagster's `tail -F` compute-log mirrors then outlive `terminate()`
-# (30 s each, twice per step of a run on a persistent instance) and `dagster dev` its SIGTERM (60 s).
-# Children get the default back, as from an interactive shell; the suite can still be stopped.
+# A runner that starts the suite with SIGINT and SIGTERM ignored (a script's background job) passes that
+# on to every child, and Dagster maps SIGTERM to whatever SIGINT does (`setup_interrupt_handlers`): its
+# `tail -F` compute-log mirrors then outlive `terminate()` (30 s each, twice per step of a run on a
+# persistent instance) and `dagster dev` its SIGTERM (60 s). Both get what an interactive start gives.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
