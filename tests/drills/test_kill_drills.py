@@ -31,9 +31,9 @@ def _child(name: str, workdir: Path, trap: list[dict] | None = None, **kwargs) -
     return Child(code, workdir, trap=trap, args=(json.dumps({k: str(v) for k, v in kwargs.items()}),))
 
 
-def _swept(root: Path) -> None:
+def _swept(root: Path) -> list[str]:
     """`modelsmith home sweep` removes exactly the killed writers' leftovers, and nothing a reader sees;
-    while they are fresh (a writer could still be at work) the default age keeps them."""
+    while they are fresh (a writer could still be at work) the default age keeps them. Returns what went."""
     from modelsmith.leftovers import find_leftovers, sweep
 
     left, seen = hidden(root), visible(root)
@@ -43,6 +43,7 @@ def _swept(root: Path) -> None:
     assert report.kept == [] and report.failed == []
     assert sorted(f.path.relative_to(root).as_posix() for f in report.removed) == left
     assert hidden(root) == [] and visible(root) == seen
+    return left
 
 
 # --- the work, as a child runs it ---
@@ -300,8 +301,7 @@ def test_bundle_killed_before_the_directory_and_before_the_tar(tmp_path, adapter
     (tmp_dir,) = hidden(home / "bundles")
     assert tmp_dir.startswith(".c1.") and (home / "bundles" / tmp_dir / "bundle.dsse.json").is_file()
     assert visible(home / "bundles") == {} and bundles(home) == [] and pending(home) == ""  # readers skip it
-    leftovers = hidden(home)
-    _swept(home)
+    leftovers = _swept(home)
     info = job_bundle(str(home), str(keys), str(adapter_files))
     assert info.digest == ref.digest and file_sha256(info.tar) == ref_tar
 
