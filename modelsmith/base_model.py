@@ -1,10 +1,13 @@
 """The embedded default base model: a tiny Llama that Modelsmith builds because nothing can be downloaded.
 
 It is one more Hugging Face directory: a WordLevel tokenizer trained over the prompt format, and a
-`LlamaForCausalLM` of ~0.1M parameters pre-trained (prompt -> one decision token,
-next-token loss on the decision) on a policy v1 scenario pack until it passes the
-v1 pins. Saved with `save_pretrained` (safetensors) and named by the digest of its files, exactly as
-a user's Llama or Qwen directory is.
+`LlamaForCausalLM` of ~0.1M parameters pre-trained (prompt -> one decision token, next-token loss on
+the decision) on a policy v1 scenario pack. Training, stopping and reporting use three packs that
+are disjoint from each other and from the pinned scenarios (the scenarios resource's seed, 0): it
+trains on seed 1, stops at the first round whose *validation* pack (seed 2) meets every v1 pin
+floor, and reports its accuracy on a *holdout* pack (seed 3) it never saw in any way. The pins then
+measure what the model generalises, not what it memorised. Saved with `save_pretrained`
+(safetensors) and named by the digest of its files, exactly as a user's Llama or Qwen directory is.
 """
 
 import os
@@ -35,7 +38,10 @@ class TinyLlamaConfig:
 class PretrainConfig:
     """How the default model is pre-trained (full fine-tuning from random weights, CPU settings)."""
 
-    seed: int = 0
+    seed: int = 0  # weights and batch order
+    train_pack_seed: int = 1  # the packs: never the pinned scenarios' seed (0 by default)
+    validation_pack_seed: int = 2
+    holdout_pack_seed: int = 3
     epochs_per_round: int = 2
     # The learning rate decays linearly over `schedule_rounds` (to a 5 % floor); training stops at the first
     # round that passes, at most `max_rounds`. Kept apart so the cap can rise without changing the schedule:
@@ -156,17 +162,45 @@ def pretrain(
         os.close(lock)
 
 
-def v1_pins_pass(labelled: pl.DataFrame, pins) -> Callable[[object, object], bool]:
-    """The pretraining stop condition: every pin's accuracy floor holds on `labelled` (latency is the engine's)."""
+def pins_hold_on(validation: pl.DataFrame, pins) -> Callable[[object, object], bool]:
+    """The pretraining stop condition: every pin's accuracy floor holds on `validation`, a pack it does not train on.
+
+    Point estimates, not the gate's evidence rule: a build stops when the model looks good enough on
+    unseen rows, which is stricter than "not shown to be bad".
+    """
+    def passes(model, tokenizer) -> bool:
+        return all(r["accuracy"] >= r["accuracy_floor"] for r in unseen_accuracy(model, tokenizer, validation, pins)["pins"])
+
+    return passes
+
+
+def unseen_accuracy(model, tokenizer, labelled: pl.DataFrame, pins) -> dict:
+    """Accuracy of `model` on `labelled` overall and per pin, with the pins under their floor."""
     from modelsmith.evaluate import predictions_frame, score_pins
     from resources.inference import TransformersEngine
 
-    def passes(model, tokenizer) -> bool:
-        engine = TransformersEngine.from_loaded(model, tokenizer, batch_size=64)
-        preds = predictions_frame(labelled, engine.decide(labelled).to_frame())
-        return all(r.accuracy >= r.accuracy_floor and r.rows >= 1 for r in score_pins(pins, preds))
+    engine = TransformersEngine.from_loaded(model, tokenizer, batch_size=64)
+    preds = predictions_frame(labelled, engine.decide(labelled).to_frame())
+    results = [r for r in score_pins(pins, preds) if r.rows]
+    return {"rows": labelled.height, "accuracy": float(preds["correct"].mean()),
+            "min_pin_accuracy": min(r.accuracy for r in results),
+            "pins_under_floor": [r.pin for r in results if r.accuracy < r.accuracy_floor],
+            "pins": [{"pin": r.pin, "rows": r.rows, "accuracy": r.accuracy, "accuracy_floor": r.accuracy_floor}
+                     for r in results]}
 
-    return passes
+
+def v1_packs(cfg: "PretrainConfig", pack_size: int, validation_size: int = 10_000):
+    """(train, validation, holdout) policy v1 packs from the config's three seeds; refuses seeds that coincide."""
+    from scenario_data.generator import generate_requests, label_requests
+    from scenario_data.policy import shipped_policy
+
+    seeds = (cfg.train_pack_seed, cfg.validation_pack_seed, cfg.holdout_pack_seed)
+    if len(set(seeds)) != 3:
+        raise ValueError(f"train, validation and holdout pack seeds must differ, got {seeds}")
+    v1 = shipped_policy(1)
+    return (label_requests(generate_requests(pack_size, cfg.train_pack_seed), v1),
+            label_requests(generate_requests(validation_size, cfg.validation_pack_seed), v1),
+            label_requests(generate_requests(validation_size, cfg.holdout_pack_seed), v1))
 
 
 def build_key(cfg: PretrainConfig, pack_size: int, policy_digest: str, pins_digest: str) -> str:
@@ -198,13 +232,13 @@ def build_default(models_dir: Path, cfg: PretrainConfig, pack_size: int = 10_000
 
     The build is deterministic for its key, so a finished build with the same key is reused, not
     retrained: the record beside it (`<key>.json`, written after the directory) marks it complete.
-    Refuses to hand back a model that did not pass the v1 pins within `cfg.max_rounds`.
+    Refuses to hand back a model that did not meet the v1 floors on its validation pack within
+    `cfg.max_rounds`; the record keeps its accuracy on the validation and holdout packs.
     """
     import json
 
     from modelsmith.atomic import write_text
     from modelsmith.pins import load_pins
-    from scenario_data.generator import generate_requests, label_requests
     from scenario_data.policy import shipped_policy
 
     v1 = shipped_policy(1)
@@ -216,12 +250,21 @@ def build_default(models_dir: Path, cfg: PretrainConfig, pack_size: int = 10_000
         if directory_digest(out_dir) == record["digest"]:
             return out_dir, {**record, "reused": True}
         log(f"{out_dir} does not match its build record; rebuilding")
-    labelled = label_requests(generate_requests(pack_size, cfg.seed), v1)
-    summary = pretrain(labelled, out_dir, cfg, passes=v1_pins_pass(labelled, pins), log=log)
+    train, validation, holdout = v1_packs(cfg, pack_size)
+    summary = pretrain(train, out_dir, cfg, passes=pins_hold_on(validation, pins), log=log)
     if not summary["passed"]:
-        raise RuntimeError(f"the default model did not pass the v1 pins in {cfg.max_rounds} rounds "
-                           f"(loss {summary['training_loss']:.4f}); raise max_rounds or the model size")
+        raise RuntimeError(f"the default model did not meet the v1 pin floors on its validation pack in "
+                           f"{cfg.max_rounds} rounds (loss {summary['training_loss']:.4f}); raise max_rounds or the model size")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    built = AutoModelForCausalLM.from_pretrained(out_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    unseen = {"validation": unseen_accuracy(built, tokenizer, validation, pins),
+              "holdout": unseen_accuracy(built, tokenizer, holdout, pins)}
+    for name, u in unseen.items():
+        log(f"{name} pack ({u['rows']} rows, never trained on): accuracy {u['accuracy']:.4f}, "
+            f"lowest pin {u['min_pin_accuracy']:.4f}, under a floor: {', '.join(u['pins_under_floor']) or 'none'}")
     record = {**summary, "build_key": key, "policy_digest": v1.digest, "pins_digest": pins.digest,
-              "pack_size": pack_size}
+              "pack_size": pack_size, "unseen": unseen}
     write_text(record_path, json.dumps(record, indent=2))
     return out_dir, {**record, "reused": False}

@@ -124,12 +124,18 @@ def model() -> None:
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--json", "as_json", is_flag=True)
 def model_build(scenario_file: Path | None, n: int, seed: int, policy_path: str | None, output: Path, as_json: bool) -> None:
-    """Build the embedded default base model into OUTPUT (a Hugging Face directory)."""
-    from modelsmith.base_model import PretrainConfig, pretrain, v1_pins_pass
+    """Build the embedded default base model into OUTPUT (a Hugging Face directory).
+
+    It trains on the scenarios (or a generated pack of --n requests, seed --seed + 1) and stops when a
+    generated validation pack (seed --seed + 2, never trained on) meets every pin floor.
+    """
+    from modelsmith.base_model import PretrainConfig, pins_hold_on, pretrain
     from modelsmith.pins import load_pins
 
-    labelled = _labelled(scenario_file, _policy(policy_path), n, seed)
-    summary = pretrain(labelled, output, PretrainConfig(seed=seed), passes=v1_pins_pass(labelled, load_pins()),
+    policy = _policy(policy_path)
+    labelled = _labelled(scenario_file, policy, n, seed + 1)
+    validation = _labelled(None, policy, 10_000, seed + 2)
+    summary = pretrain(labelled, output, PretrainConfig(seed=seed), passes=pins_hold_on(validation, load_pins()),
                        log=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(summary) if as_json else f"base model {summary['digest'][:16]} -> {output} "
                f"({summary['parameters']} parameters, {summary['rounds']} rounds, pins pass: {summary['passed']})")
@@ -163,7 +169,8 @@ def pins() -> None:
 @click.option("--against", "against_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Another model directory: add the paired test against its decisions on the same rows")
 @click.option("--engine", default="transformers", show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True,
+              help="Decisions per micro-batch; a decision's latency is its micro-batch's wall time")
 @click.option("--json", "as_json", is_flag=True)
 def pins_run(model_dir: Path, adapter_dir: Path | None, policy_path: str, scenario_file: Path, pins_path: str | None,
              against_dir: Path | None, engine: str, batch_size: int, as_json: bool) -> None:
@@ -214,8 +221,13 @@ def pins_init(scenario_file: Path, policy_path: str | None, by: str, min_support
     from modelsmith.pins import segment_pins_yaml
 
     labelled = _labelled(scenario_file, _policy(policy_path))
-    write_text(output, segment_pins_yaml(labelled, tuple(c.strip() for c in by.split(",")), min_support))
+    text, small = segment_pins_yaml(labelled, tuple(c.strip() for c in by.split(",")), min_support)
+    write_text(output, text)
     click.echo(f"pins -> {output}")
+    if small:
+        click.echo(f"{len(small)} segment(s) too small for this pack to detect their max_drop (inconclusive):")
+        for line in small:
+            click.echo(f"  {line}")
 
 
 @main.group("lineage")

@@ -1,8 +1,12 @@
 """The benchmark delta of a repair cycle: every pin before (champion) and after (candidate).
 
-A target pin (one the cycle was opened for) is `repaired` when the candidate passes it. Any other
-pin is `flagged` when the candidate regresses on it against the champion (the paired test, the
-pin's `max_drop`) or fails a floor or budget the champion met. The cycle offers the candidate for
+A target pin (one the cycle was opened for) is `repaired` when the candidate passes it and its
+accuracy is at least the floor (a repair is claimed on the estimate, not on the absence of
+evidence against it). Any other pin is `flagged` when the candidate fails it with evidence (see
+`modelsmith.evaluate`: a significant drop beyond its margin against the champion, a floor it is
+significantly below, a latency budget) where the champion passed; `inconclusive` when the segment
+cannot vouch for it (too small to detect its `max_drop`, or under its floor without evidence),
+which the verdict names but does not refuse on; `ok` otherwise. The cycle offers the candidate for
 promotion only when every target is repaired and nothing is flagged.
 """
 
@@ -10,7 +14,6 @@ import json
 from pathlib import Path
 
 import polars as pl
-
 
 
 def benchmark_delta_for(before_run: str | Path, after_run: str | Path, targets: list[str]) -> dict:
@@ -24,9 +27,11 @@ def benchmark_delta_for(before_run: str | Path, after_run: str | Path, targets: 
             continue
         target = a["pin"] in targets
         if target:
-            status = "repaired" if a["passed"] else "not repaired"
+            status = "repaired" if a["passed"] and a["accuracy"] >= a["accuracy_floor"] else "not repaired"
         elif a["regressed"] or (prev["passed"] and not a["passed"]):
             status = "flagged"
+        elif a.get("inconclusive"):
+            status = "inconclusive"
         else:
             status = "ok"
         rows.append({
@@ -37,9 +42,12 @@ def benchmark_delta_for(before_run: str | Path, after_run: str | Path, targets: 
             "p50_before_ms": prev["latency_p50_ms"], "p50_after_ms": a["latency_p50_ms"],
             "p99_before_ms": prev["latency_p99_ms"], "p99_after_ms": a["latency_p99_ms"],
             "composite_before": prev["composite"], "composite_after": a["composite"],
-            "status": status, "reasons": a["reasons"],
+            "p_adjusted": a.get("p_adjusted"), "drop_upper": a.get("drop_upper"),
+            "min_detectable_drop": a.get("min_detectable_drop"),
+            "status": status, "reasons": a["reasons"], "notes": a.get("notes") or "",
         })
-    by = {s: [r["pin"] for r in rows if r["status"] == s] for s in ("repaired", "not repaired", "flagged")}
+    by = {s: [r["pin"] for r in rows if r["status"] == s]
+          for s in ("repaired", "not repaired", "flagged", "inconclusive")}
     measured = {r["pin"] for r in rows}
     by["not repaired"] += [t for t in targets if t not in measured]  # a target the candidate was not pinned on
     after_summary = json.loads((Path(after_run) / "summary.json").read_text())
@@ -48,5 +56,6 @@ def benchmark_delta_for(before_run: str | Path, after_run: str | Path, targets: 
             "candidate": after_summary["model_version"], "champion": before_summary["model_version"],
             "composite_before": before_summary["composite"], "composite_after": after_summary["composite"],
             "repaired": by["repaired"], "not_repaired": by["not repaired"], "flagged": by["flagged"],
+            "inconclusive": by["inconclusive"],
             "offer_for_promotion": bool(targets) and not by["not repaired"] and not by["flagged"],
             "pins": rows}

@@ -5,9 +5,25 @@ in proportion when the segment's p99 latency is over its budget. The composite o
 is the mean over its pins (unweighted: a small segment counts as much as a big one, because the
 stability of unrelated segments matters as much as the repaired one).
 
-A pin passes when its accuracy is at least the floor, its p99 latency within the budget, and it
-did not regress. It regresses when, on the rows it shares with the reference, the paired test
-finds the drop significant (p < alpha) and the drop is larger than the pin's `max_drop`.
+Every judgement that fails a pin needs evidence, weighed across the whole run:
+
+- *below its floor*: the exact binomial test of "accuracy < floor" is significant;
+- *regressed*: the paired test against the reference finds a drop, and the drop's one-sided 95 %
+  upper confidence bound is above the pin's `max_drop`, its non-inferiority margin (a drop whose
+  bound stays inside the margin is reported in the pin's notes, not failed);
+- *over its latency budget*: the segment's p99 per-decision latency is above it (a measurement).
+
+The p-values of one run (a floor test and a paired test per pin) are one family, adjusted with
+Holm's procedure at the pin file's `alpha`. Holm, not Benjamini-Hochberg: the gate's verdict is
+"no pin failed", so what must be bounded is the chance that *any* pin of a good candidate fails
+by chance (the family-wise error rate, which Holm controls), not the share of false flags among
+the flags (the false discovery rate, which BH controls and which lets that chance grow with the
+number of pins).
+
+A pin is *inconclusive* (never "ok") when it did not fail but cannot vouch either: its segment is
+too small for even the best case of its `max_drop` to be significant at the run's Bonferroni level
+(`alpha / number of tests`), a drop was neither significant nor ruled out by its bound, or its
+accuracy is below the floor without evidence. "ok" means shown: inside the floor and the margin.
 """
 
 from dataclasses import asdict, dataclass
@@ -16,7 +32,8 @@ import numpy as np
 import polars as pl
 
 from modelsmith.pins import Pin, PinSet
-from modelsmith.stats import PairedResult, paired_test, wilson_interval
+from modelsmith.stats import (PairedResult, drop_upper_bound, floor_test, holm, min_detectable_drop, paired_test,
+                             wilson_interval)
 from scenario_data.policy import DECISIONS
 
 
@@ -47,6 +64,14 @@ class PinResult:
     regressed: bool
     passed: bool
     reasons: str
+    floor_p_value: float = 1.0
+    floor_p_adjusted: float = 1.0
+    p_adjusted: float | None = None
+    drop_upper: float | None = None
+    min_detectable_drop: float = 1.0
+    inconclusive: bool = False
+    status: str = "ok"  # ok | inconclusive | failed
+    notes: str = ""  # why a pin is inconclusive, or a significant drop inside its margin
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -67,43 +92,95 @@ def _quantiles(latency: np.ndarray) -> tuple[float, float, float]:
     return float(p50), float(p95), float(p99)
 
 
-def score_pin(pin: Pin, preds: pl.DataFrame, reference: pl.DataFrame | None, test: str, alpha: float) -> PinResult:
-    """One pin on one model version's predictions; `reference` is (row_id, reference_correct) or None."""
+@dataclass(frozen=True)
+class _Measured:
+    pin: Pin
+    rows: int
+    correct: int
+    latency: tuple[float, float, float]
+    paired: PairedResult | None
+    floor_p: float
+
+
+def _measure(pin: Pin, preds: pl.DataFrame, reference: pl.DataFrame | None, test: str) -> _Measured:
     seg = preds.filter(pin.mask(preds))
     n, correct = seg.height, int(seg["correct"].sum()) if seg.height else 0
-    accuracy = correct / n if n else 0.0
-    ci_low, ci_high = wilson_interval(correct, n)
-    p50, p95, p99 = _quantiles(seg["latency_ms"].to_numpy())
-    composite = accuracy * (min(1.0, pin.latency_p99_ms / p99) if p99 > 0 else 1.0)
     paired: PairedResult | None = None
     if reference is not None and n:
         both = seg.select("row_id", "correct").join(reference, on="row_id", how="inner")
         if both.height:
             paired = paired_test(both["reference_correct"].to_numpy(), both["correct"].to_numpy(), test)
-    regressed = bool(paired is not None and paired.p_value < alpha and paired.drop > pin.max_drop)
-    reasons = []
+    return _Measured(pin, n, correct, _quantiles(seg["latency_ms"].to_numpy()), paired,
+                     floor_test(correct, n, pin.accuracy_floor))
+
+
+def detection_level(pins: PinSet) -> float:
+    """The Bonferroni level of a run (`alpha` over a floor test and a paired test per pin): what a lone drop faces."""
+    return pins.alpha / (2 * len(pins.pins))
+
+
+def _judge(m: _Measured, floor_p_adj: float, p_adj: float | None, test: str, alpha: float, level: float) -> PinResult:
+    pin, n, paired = m.pin, m.rows, m.paired
+    accuracy = m.correct / n if n else 0.0
+    ci_low, ci_high = wilson_interval(m.correct, n)
+    p50, p95, p99 = m.latency
+    composite = accuracy * (min(1.0, pin.latency_p99_ms / p99) if p99 > 0 else 1.0)
+    upper = drop_upper_bound(paired.worse, paired.better, paired.n) if paired else None
+    significant_drop = paired is not None and p_adj is not None and p_adj < alpha and paired.drop > 0
+    regressed = bool(significant_drop and upper > pin.max_drop)
+    mdd = min_detectable_drop(paired.n if paired else n, level)
+    reasons, notes = [], []
     if n < pin.min_rows:
         reasons.append(f"{n} rows < min_rows {pin.min_rows}")
-    if accuracy < pin.accuracy_floor:
-        reasons.append(f"accuracy {accuracy:.4f} < floor {pin.accuracy_floor}")
+    if n and floor_p_adj < alpha:
+        reasons.append(f"accuracy {accuracy:.4f} below floor {pin.accuracy_floor} (binomial p = {floor_p_adj:.2g} "
+                       f"adjusted < {alpha})")
+    elif accuracy < pin.accuracy_floor:
+        notes.append(f"accuracy {accuracy:.4f} under floor {pin.accuracy_floor}, not significantly "
+                     f"(p = {floor_p_adj:.2g} adjusted)")
     if p99 > pin.latency_p99_ms:
-        reasons.append(f"p99 latency {p99:.1f} ms > budget {pin.latency_p99_ms} ms")
+        reasons.append(f"p99 latency {p99:.2f} ms > budget {pin.latency_p99_ms} ms")
+    undecided = False  # a drop neither shown (significant) nor ruled out (bound inside the margin)
     if regressed:
-        reasons.append(f"regressed by {paired.drop:.4f} (> {pin.max_drop}), {test} p = {paired.p_value:.2g} < {alpha}")
+        reasons.append(f"regressed by {paired.drop:.4f} (upper bound {upper:.4f} > max_drop {pin.max_drop}), "
+                       f"{test} p = {p_adj:.2g} adjusted < {alpha}")
+    elif paired is not None and upper <= pin.max_drop:
+        if paired.drop > 0:
+            notes.append(f"dropped {paired.drop:.4f} (p = {p_adj:.2g} adjusted), inside the non-inferiority margin: "
+                         f"upper bound {upper:.4f} <= max_drop {pin.max_drop}")
+    elif paired is not None:
+        undecided = True
+        notes.append(f"drop {paired.drop:+.4f} not significant (p = {p_adj:.2g} adjusted) and not ruled out: "
+                     f"upper bound {upper:.4f} > max_drop {pin.max_drop}")
+    small = mdd > pin.max_drop
+    if small:
+        notes.append(f"{paired.n if paired else n} rows cannot detect a drop of {pin.max_drop} "
+                     f"(smallest detectable: {mdd:.3f})")
+    passed = not reasons
+    inconclusive = passed and (small or undecided or accuracy < pin.accuracy_floor)
     return PinResult(
-        pin=pin.name, check_name=pin.check_name, segment=pin.describe(), rows=n, correct=correct, accuracy=accuracy,
+        pin=pin.name, check_name=pin.check_name, segment=pin.describe(), rows=n, correct=m.correct, accuracy=accuracy,
         ci_low=ci_low, ci_high=ci_high, latency_p50_ms=p50, latency_p95_ms=p95, latency_p99_ms=p99,
         composite=composite, accuracy_floor=pin.accuracy_floor, latency_p99_budget_ms=pin.latency_p99_ms,
         max_drop=pin.max_drop, reference_rows=paired.n if paired else 0,
         reference_accuracy=paired.reference_accuracy if paired else None, drop=paired.drop if paired else None,
         worse=paired.worse if paired else 0, better=paired.better if paired else 0,
-        p_value=paired.p_value if paired else None, test=test, regressed=regressed, passed=not reasons,
-        reasons="; ".join(reasons),
+        p_value=paired.p_value if paired else None, test=test, regressed=regressed, passed=passed,
+        reasons="; ".join(reasons), floor_p_value=m.floor_p, floor_p_adjusted=floor_p_adj, p_adjusted=p_adj,
+        drop_upper=upper, min_detectable_drop=mdd, inconclusive=inconclusive,
+        status="failed" if not passed else ("inconclusive" if inconclusive else "ok"), notes="; ".join(notes),
     )
 
 
 def score_pins(pins: PinSet, preds: pl.DataFrame, reference: pl.DataFrame | None = None) -> list[PinResult]:
-    return [score_pin(p, preds, reference, pins.test, pins.alpha) for p in pins.pins]
+    """Every pin of `pins`, judged together: one Holm family over the run's floor and paired tests."""
+    measured = [_measure(p, preds, reference, pins.test) for p in pins.pins]
+    family = [m.floor_p for m in measured] + [m.paired.p_value for m in measured if m.paired]
+    adjusted = iter(holm(family))
+    floor_adj = [next(adjusted) for _ in measured]
+    paired_adj = [next(adjusted) if m.paired else None for m in measured]
+    level = detection_level(pins)
+    return [_judge(m, f, p, pins.test, pins.alpha, level) for m, f, p in zip(measured, floor_adj, paired_adj)]
 
 
 def composite(results: list[PinResult]) -> float:
@@ -143,10 +220,20 @@ def reference_from_predictions(preds: pl.DataFrame, expected: pl.DataFrame | Non
 
 
 def markdown_table(results: list[PinResult]) -> str:
-    lines = ["| pin | rows | accuracy | 95% CI | p99 ms | composite | drop | p | passed |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| pin | rows | accuracy | 95% CI | p99 ms | composite | drop | p (Holm) | status |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         drop = f"{r.drop:+.4f}" if r.drop is not None else "–"
-        p = f"{r.p_value:.2g}" if r.p_value is not None else "–"
-        lines.append(f"| {r.pin} | {r.rows} | {r.accuracy:.4f} | {r.ci_low:.3f}–{r.ci_high:.3f} | {r.latency_p99_ms:.1f} "
-                     f"| {r.composite:.4f} | {drop} | {p} | {'✅' if r.passed else '❌ ' + r.reasons} |")
+        p = f"{r.p_adjusted:.2g}" if r.p_adjusted is not None else "–"
+        lines.append(f"| {r.pin} | {r.rows} | {r.accuracy:.4f} | {r.ci_low:.3f}–{r.ci_high:.3f} | {r.latency_p99_ms:.2f} "
+                     f"| {r.composite:.4f} | {drop} | {p} | {status_text(r)} |")
     return "\n".join(lines)
+
+
+STATUS_MARK = {"ok": "✅ ok", "inconclusive": "❔ inconclusive", "failed": "❌ failed"}
+
+
+def status_text(r: PinResult) -> str:
+    """A pin's status with why: the reasons of a failure, the notes of an inconclusive or noted pin."""
+    why = r.reasons if r.status == "failed" else r.notes
+    return STATUS_MARK[r.status] + (f": {why}" if why else "")

@@ -107,15 +107,25 @@ def delta_markdown(delta: dict) -> str:
     lines = [f"# Benchmark delta: candidate {short(delta['candidate'])} vs champion {short(delta['champion'])}", "",
              f"**Verdict:** {'offered for promotion' if delta['offer_for_promotion'] else 'not offered'}; repaired: "
              f"{', '.join(delta['repaired']) or 'none'}; not repaired: {', '.join(delta['not_repaired']) or 'none'}; "
-             f"flagged: {', '.join(delta['flagged']) or 'none'}", "",
+             f"flagged: {', '.join(delta['flagged']) or 'none'}; inconclusive: {len(delta.get('inconclusive', []))} "
+             "(too small to detect their max_drop, or a drop neither shown nor ruled out)", "",
              f"Composite {delta['composite_before']:.4f} -> {delta['composite_after']:.4f}", "",
-             "| pin | rows | before | after | delta | p | p99 before ms | p99 after ms | status |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| pin | rows | before | after | delta | p (Holm) | p99 before ms | p99 after ms | status | why |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for p in sorted(delta["pins"], key=lambda p: p["delta"]):
-        pv = f"{p['p_value']:.2g}" if p["p_value"] is not None else "–"
-        lines.append(f"| {p['pin']} | {p['rows']} | {p['before']:.4f} | {p['after']:.4f} | {p['delta']:+.4f} | {pv} "
-                     f"| {p['p99_before_ms']:.1f} | {p['p99_after_ms']:.1f} | {p['status']} |")
+        lines.append(f"| {p['pin']} | {p['rows']} | {p['before']:.4f} | {p['after']:.4f} | {p['delta']:+.4f} | {_p(p)} "
+                     f"| {p['p99_before_ms']:.1f} | {p['p99_after_ms']:.1f} | {p['status']} | {_why(p)} |")
     return "\n".join(lines) + "\n"
+
+
+def _p(p: dict) -> str:
+    """The Holm-adjusted p of a pin's paired test (the raw p for runs scored before adjustment existed)."""
+    value = p.get("p_adjusted", p.get("p_value"))
+    return "–" if value is None else f"{value:.2g}"
+
+
+def _why(p: dict) -> str:
+    return (p.get("reasons") or "") if p["status"] in ("flagged", "not repaired") else (p.get("notes") or "")
 
 
 def _svg(fig) -> str:
@@ -170,29 +180,30 @@ def _plots(delta: dict, history: pl.DataFrame) -> list[tuple[str, str]]:
 def report_html(delta: dict, diagnosis: dict, history: pl.DataFrame, integrity_record: dict) -> str:
     verdict = "OFFERED FOR PROMOTION" if delta["offer_for_promotion"] else "NOT OFFERED"
     esc = html.escape
-    def p_text(p: dict) -> str:
-        return "" if p["p_value"] is None else f"{p['p_value']:.2g}"
-
     rows = "".join(
         f"<tr class='{esc(p['status'].replace(' ', '-'))}'><td>{esc(p['pin'])}</td><td>{p['rows']}</td>"
         f"<td>{p['before']:.4f}</td><td>{p['after']:.4f}</td><td>{p['delta']:+.4f}</td>"
-        f"<td>{p_text(p)}</td><td>{p['p99_before_ms']:.1f}</td>"
-        f"<td>{p['p99_after_ms']:.1f}</td><td>{esc(p['status'])}</td></tr>"
+        f"<td>{_p(p)}</td><td>{p['p99_before_ms']:.1f}</td>"
+        f"<td>{p['p99_after_ms']:.1f}</td><td>{esc(p['status'])}</td><td>{esc(_why(p))}</td></tr>"
         for p in sorted(delta["pins"], key=lambda p: p["delta"]))
+    inconclusive = delta.get("inconclusive", [])
     plots = "".join(f"<h2>{esc(title)}</h2><figure>{svg}</figure>" for title, svg in _plots(delta, history))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Modelsmith evidence: cycle {esc(diagnosis['cycle'])}</title>
 <style>body{{font-family:sans-serif;max-width:60rem;margin:2rem auto}}table{{border-collapse:collapse;font-size:.85rem}}
-td,th{{border:1px solid #ddd;padding:.2rem .5rem}}.flagged,.not-repaired{{background:#fdd}}.repaired{{background:#dfd}}</style>
+td,th{{border:1px solid #ddd;padding:.2rem .5rem}}.flagged,.not-repaired{{background:#fdd}}.repaired{{background:#dfd}}.inconclusive{{background:#ffd}}</style>
 </head><body>
 <h1>Cycle {esc(diagnosis['cycle'])}: {verdict}</h1>
 <p>Candidate <code>{esc(delta['candidate'])}</code> against champion <code>{esc(delta['champion'])}</code>.
 Repaired: {esc(', '.join(delta['repaired']) or 'none')}. Not repaired: {esc(', '.join(delta['not_repaired']) or 'none')}.
 Flagged: {esc(', '.join(delta['flagged']) or 'none')}. Composite {delta['composite_before']:.4f} &rarr; {delta['composite_after']:.4f}.</p>
+<p>Inconclusive ({len(inconclusive)} pins: the segment is too small to detect its max_drop, or a drop was neither
+shown nor ruled out; they neither refuse nor vouch for the candidate): {esc(', '.join(inconclusive) or 'none')}.
+Failures need evidence: p-values are Holm-adjusted across the run's pins at the pin file's alpha.</p>
 <h2>Diagnosis ({esc(diagnosis['provenance']['critic'])})</h2><p>{esc(diagnosis['hypothesis'])}</p>
 {plots}
-<h2>Every pin</h2><table><tr><th>pin</th><th>rows</th><th>before</th><th>after</th><th>delta</th><th>p</th>
-<th>p99 before ms</th><th>p99 after ms</th><th>status</th></tr>{rows}</table>
+<h2>Every pin</h2><table><tr><th>pin</th><th>rows</th><th>before</th><th>after</th><th>delta</th><th>p (Holm)</th>
+<th>p99 before ms</th><th>p99 after ms</th><th>status</th><th>why</th></tr>{rows}</table>
 <h2>Integrity</h2><pre>{esc(json.dumps(integrity_record, indent=2))}</pre>
 </body></html>
 """
@@ -223,7 +234,8 @@ def predicates(home: Path, cycle: dict, diagnosis: dict, delta: dict, adapter: d
             "url": candidate_run.get("run_dir", "")}),
         ("benchmark_delta", DELTA_PREDICATE, {k: delta[k] for k in (
             "candidate", "champion", "targets", "repaired", "not_repaired", "flagged", "offer_for_promotion",
-            "composite_before", "composite_after")} | {"pins": delta["pins"]}),
+            "composite_before", "composite_after")} | {"inconclusive": delta.get("inconclusive", []),
+                                                       "pins": delta["pins"]}),
         ("diagnosis", DIAGNOSIS_PREDICATE, diagnosis),
         ("dataset_provenance", SLSA_PROVENANCE, {
             "buildDefinition": {

@@ -72,7 +72,8 @@ def cycle_outcome(home: Path, cycle: str) -> dict:
         out |= {"adapter_digest": adapter["model_version"], "adapter_path": adapter["path"]}
     if (cdir / "benchmark_delta.json").exists():
         delta = json.loads((cdir / "benchmark_delta.json").read_text())
-        out |= {k: delta[k] for k in ("repaired", "not_repaired", "flagged", "offer_for_promotion")}
+        out |= {k: delta.get(k, []) for k in ("repaired", "not_repaired", "flagged", "inconclusive")}
+        out["offer_for_promotion"] = delta["offer_for_promotion"]
     written = cycle_bundle_dirs(home, cycle)
     if written:
         envelope = written[-1] / "bundle.dsse.json"

@@ -56,6 +56,7 @@ class PinRun:
             "passed": self.passed, "composite": self.composite, "reference": self.reference,
             "regressed": [r.pin for r in self.results if r.regressed],
             "failed": [r.pin for r in self.results if not r.passed],
+            "inconclusive": [r.pin for r in self.results if r.inconclusive],
         }
 
     def as_json(self) -> dict:
@@ -66,9 +67,9 @@ class PinRun:
             "reference": self.reference,
             "pins": [
                 {"segment": r.pin, "rows": r.rows, "accuracy": r.accuracy, "ci_low": r.ci_low, "ci_high": r.ci_high,
-                 "latency_p99_ms": r.latency_p99_ms, "passed": r.passed,
+                 "latency_p99_ms": r.latency_p99_ms, "passed": r.passed, "status": r.status,
                  **({"regressed": r.regressed, "p_value": r.p_value, "drop": r.drop} if r.p_value is not None else {}),
-                 **({"reasons": r.reasons} if r.reasons else {})}
+                 **({"reasons": r.reasons} if r.reasons else {}), **({"notes": r.notes} if r.notes else {})}
                 for r in self.results
             ],
         }

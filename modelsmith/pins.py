@@ -1,8 +1,8 @@
 """Pin files: which segments a model is held to, and how hard.
 
     version: 1
-    defaults: {accuracy_floor: 0.95, latency_p99_ms: 50, max_drop: 0.02}
-    regression: {test: mcnemar, alpha: 0.01}
+    defaults: {accuracy_floor: 0.95, latency_p99_ms: 10, max_drop: 0.02}
+    regression: {test: mcnemar, alpha: 0.05}
     pins:
       - name: Video Gaming/app
         where: {vertical: Video Gaming, inventory_type: app}
@@ -12,9 +12,10 @@
 
 A pin names a segment (`where`: conditions over feature columns in the policy grammar, where a
 bare value means `eq`; `{}` is every row), an accuracy floor, a p99 latency budget (ms per
-decision) and the largest accuracy drop against its reference it tolerates. A pin regresses when
-the paired test says the drop is significant (p < alpha) *and* the drop exceeds `max_drop`: noise
-does not open repair cycles, and neither does a real but negligible drop. `modelsmith pins init`
+decision) and the largest accuracy drop against its reference it tolerates (its non-inferiority
+margin). `alpha` is the family-wise error rate of one run, across every pin (Holm; see
+`modelsmith.evaluate`): noise does not open repair cycles, and neither does a real drop that
+stays inside its margin. `modelsmith pins init`
 writes one pin per vertical x inventory type with enough rows, which is what the shipped default is.
 """
 
@@ -34,7 +35,7 @@ from modelsmith.stats import TESTS
 
 DEFAULT_PINS = Path(__file__).parent / "defaults" / "pins.yaml"
 THRESHOLDS = {"accuracy_floor": (0.0, 1.0), "latency_p99_ms": (0.0, None), "max_drop": (0.0, 1.0)}
-BUILTIN_DEFAULTS = {"accuracy_floor": 0.95, "latency_p99_ms": 50.0, "max_drop": 0.02}
+BUILTIN_DEFAULTS = {"accuracy_floor": 0.95, "latency_p99_ms": 10.0, "max_drop": 0.02}
 
 
 class PinError(ValueError):
@@ -71,7 +72,7 @@ class Pin:
 class PinSet:
     pins: tuple[Pin, ...]
     test: str = "mcnemar"
-    alpha: float = 0.01
+    alpha: float = 0.05
     source: str = ""
     digest: str = ""  # SHA-256 of the pin file's text: which pins a run was judged by
 
@@ -113,7 +114,7 @@ def parse_pins(text: str, source: str = "<pins>") -> PinSet:
     test = regression.get("test", "mcnemar")
     if test not in TESTS:
         raise _err(source, rline, None, "regression.test", f"must be one of {TESTS}, got {test!r}")
-    alpha = regression.get("alpha", 0.01)
+    alpha = regression.get("alpha", 0.05)
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha < 1:
         raise _err(source, rline, None, "regression.alpha", f"must be a number in (0, 1), got {alpha!r}")
     pins_node = _mapping_get(root, "pins")
@@ -186,20 +187,39 @@ def load_pins(path: str | Path | None = None) -> PinSet:
     return parse_pins(text, str(path))
 
 
+def too_small(rows: int, pins: int, alpha: float, max_drop: float) -> float | None:
+    """The smallest detectable drop of a `rows`-row segment in a run of `pins` pins, when it exceeds `max_drop`."""
+    from modelsmith.stats import min_detectable_drop
+
+    mdd = min_detectable_drop(rows, alpha / (2 * pins))
+    return mdd if mdd > max_drop else None
+
+
 def segment_pins_yaml(df: pl.DataFrame, by: tuple[str, ...] = ("vertical", "inventory_type"), min_support: int = 100,
-                      defaults: dict[str, float] | None = None, everything: bool = True) -> str:
-    """A pin file with one pin per segment (`by`) holding at least `min_support` rows, plus `all`."""
+                      defaults: dict[str, float] | None = None, everything: bool = True) -> tuple[str, list[str]]:
+    """A pin file with one pin per segment (`by`) holding at least `min_support` rows, plus `all`.
+
+    Also returns the segments too small for this pack to detect their `max_drop` (their pins will
+    be inconclusive); the file says so in each such pin's description.
+    """
     counts = df.group_by(*by).len().filter(pl.col("len") >= min_support).sort(["len", *by], descending=[True] + [False] * len(by))
-    doc: dict[str, Any] = {
-        "version": 1,
-        "defaults": {**BUILTIN_DEFAULTS, **(defaults or {})},
-        "regression": {"test": "mcnemar", "alpha": 0.01},
-        "pins": [],
-    }
-    if everything:
-        doc["pins"].append({"name": "all", "where": {}})
-    for row in counts.iter_rows(named=True):
-        doc["pins"].append({"name": "/".join(str(row[k]) for k in by), "where": {k: row[k] for k in by}})
+    values = {**BUILTIN_DEFAULTS, **(defaults or {})}
+    alpha = 0.05
+    doc: dict[str, Any] = {"version": 1, "defaults": values, "regression": {"test": "mcnemar", "alpha": alpha},
+                           "pins": []}
+    sized = ([("all", {}, df.height)] if everything else []) + [
+        ("/".join(str(row[k]) for k in by), {k: row[k] for k in by}, row["len"]) for row in counts.iter_rows(named=True)]
+    small: list[str] = []
+    for name, where, rows in sized:
+        entry: dict[str, Any] = {"name": name, "where": where}
+        mdd = too_small(rows, len(sized), alpha, values["max_drop"])
+        if mdd is not None:
+            small.append(f"{name} ({rows} rows: smallest detectable drop {mdd:.3f})")
+            entry["description"] = (f"inconclusive with this pack: {rows} rows detect drops of {mdd:.3f} or more, "
+                                    f"not max_drop {values['max_drop']}")
+        doc["pins"].append(entry)
     header = (f"# Modelsmith pins: one per {' x '.join(by)} segment with >= {min_support} rows in the scenarios,\n"
-              "# written by `modelsmith pins init`. Edit freely; see modelsmith/pins.py for the format.\n")
-    return header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=120)
+              "# written by `modelsmith pins init`. Edit freely; see modelsmith/pins.py for the format.\n"
+              f"# {len(small)} of {len(sized)} pins are too small for this pack to detect their max_drop "
+              "(inconclusive: see each description); a larger pack or coarser segments fix that.\n")
+    return header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=120), small

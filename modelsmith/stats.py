@@ -1,4 +1,4 @@
-"""The statistics pins rely on: Wilson intervals, and paired tests of a drop in accuracy.
+"""The statistics pins rely on: Wilson intervals, paired tests of a drop, floor tests, and Holm's procedure.
 
 Regression is a paired question (the same scenarios, decided twice), so it is tested on the
 discordant pairs: rows the reference got right and the other got wrong (`b`), and the reverse
@@ -7,8 +7,10 @@ discordant pairs: rows the reference got right and the other got wrong (`b`), an
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import binom, binomtest, norm
 
 TESTS = ("mcnemar", "bootstrap")
 
@@ -80,3 +82,57 @@ def paired_test(reference_correct: np.ndarray, correct: np.ndarray, test: str = 
     p = mcnemar_exact(worse, better) if test == "mcnemar" else paired_bootstrap(ref, cur, **kwargs)
     n = ref.size
     return PairedResult(n, float(ref.mean()) if n else 0.0, float(cur.mean()) if n else 0.0, worse, better, p, test)
+
+
+def floor_test(correct: int, n: int, floor: float) -> float:
+    """One-sided exact binomial p-value of "the accuracy is below `floor`" (H0: accuracy >= floor).
+
+    A segment is judged below its floor on evidence, not on its point estimate: 121 of 128 (0.945)
+    against a 0.95 floor is p = 0.39, while 243 of 300 (0.81) is p < 1e-20.
+    """
+    if n == 0:
+        return 1.0
+    return float(min(1.0, binom.cdf(correct, n, floor)))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error rate), in the input's order.
+
+    Written out rather than taken from statsmodels (a test-only dependency here): five lines, and
+    `tests/unit/model/test_stats.py` checks them against `statsmodels.stats.multitest.multipletests`.
+    """
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def drop_upper_bound(worse: int, better: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided upper confidence bound of a paired drop in accuracy, (worse - better) / n.
+
+    Agresti & Min (2005): the Wald interval of matched proportions with 0.5 added to each of the
+    four cells, which keeps its coverage near nominal at the small discordant counts pins see.
+    """
+    if n == 0:
+        return 1.0
+    b, c, m = worse + 0.5, better + 0.5, n + 2.0
+    d = (b - c) / m
+    var = ((b + c) - (b - c) ** 2 / m) / m ** 2
+    return float(d + norm.ppf(confidence) * math.sqrt(max(var, 0.0)))
+
+
+def smallest_significant_worse(alpha: float) -> int:
+    """The fewest discordant rows, all one way, that the exact one-sided McNemar test finds significant at `alpha`."""
+    return math.floor(math.log2(1.0 / alpha)) + 1
+
+
+def min_detectable_drop(n: int, alpha: float) -> float:
+    """The smallest drop a segment of `n` rows can show as significant at `alpha`, in the best case.
+
+    A drop of d flips at least d*n rows; the best case is that every discordant pair points the same
+    way. A segment whose `max_drop` is below this cannot detect it at all: its pin is inconclusive.
+    """
+    return 1.0 if n == 0 else min(1.0, smallest_significant_worse(alpha) / n)

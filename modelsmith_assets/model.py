@@ -43,7 +43,10 @@ def base_model(context: dg.AssetExecutionContext, model: ModelSettings, storage:
                                    log=context.log.info)
         info = {"source": "built: the embedded default" if not info["reused"] else "reused: an identical earlier build",
                 "parameters": info["parameters"], "rounds": info["rounds"], "training_loss": info["training_loss"],
-                "training_rows": info["rows"], "build_key": info["build_key"]}
+                "training_rows": info["rows"], "build_key": info["build_key"],
+                "pack_seeds": dg.MetadataValue.json({k: info["config"][k] for k in
+                                                     ("train_pack_seed", "validation_pack_seed", "holdout_pack_seed")}),
+                **_unseen_metadata(info["unseen"])}
     version = Registry(home).register(path, "base")
     context.instance.add_dynamic_partitions(MODEL_VERSIONS, [version.key])
     champion = bootstrap_champion(home, version.digest)
@@ -52,6 +55,21 @@ def base_model(context: dg.AssetExecutionContext, model: ModelSettings, storage:
         metadata={"digest": version.digest, "partition_key": version.key, "path": dg.MetadataValue.path(str(path)),
                   "champion": champion.model_version[:16], **info},
     )
+
+
+def _unseen_metadata(unseen: dict) -> dict:
+    """The base's accuracy on packs it never trained on: what the pins will measure."""
+    out = {}
+    for name, u in unseen.items():
+        out |= {f"{name}_accuracy": u["accuracy"], f"{name}_min_pin_accuracy": u["min_pin_accuracy"],
+                f"{name}_pins_under_floor": ", ".join(u["pins_under_floor"]) or "none"}
+    holdout = unseen["holdout"]["pins"]
+    out["holdout_pins"] = dg.MetadataValue.table(
+        records=[dg.TableRecord({"pin": r["pin"], "rows": r["rows"], "accuracy": round(r["accuracy"], 4),
+                                 "accuracy_floor": r["accuracy_floor"]}) for r in holdout],
+        schema=dg.TableSchema(columns=[dg.TableColumn("pin", "string"), dg.TableColumn("rows", "int"),
+                                       dg.TableColumn("accuracy", "float"), dg.TableColumn("accuracy_floor", "float")]))
+    return out
 
 
 def labelled_auctions(storage: StorageEngine) -> tuple[pl.DataFrame, str]:
@@ -101,12 +119,18 @@ def _check_result(r: PinResult) -> dg.AssetCheckResult:
     meta = {"segment": r.segment, "rows": r.rows, "accuracy": r.accuracy, "ci_low": r.ci_low, "ci_high": r.ci_high,
             "accuracy_floor": r.accuracy_floor, "latency_p99_ms": r.latency_p99_ms,
             "latency_p99_budget_ms": r.latency_p99_budget_ms, "composite": r.composite}
+    meta |= {"status": r.status, "floor_p_adjusted": r.floor_p_adjusted, "min_detectable_drop": r.min_detectable_drop}
     if r.p_value is not None:
-        meta |= {"p_value": r.p_value, "drop": r.drop, "max_drop": r.max_drop, "regressed": r.regressed}
+        meta |= {"p_value": r.p_value, "p_adjusted": r.p_adjusted, "drop": r.drop, "drop_upper": r.drop_upper,
+                 "max_drop": r.max_drop, "regressed": r.regressed}
     if r.reasons:
         meta["reasons"] = r.reasons
-    return dg.AssetCheckResult(check_name=r.check_name, asset_key="pin_results", passed=r.passed,
-                               severity=dg.AssetCheckSeverity.ERROR, metadata=meta)
+    if r.notes:
+        meta["notes"] = r.notes
+    # An inconclusive pin is a warning in the UI: it did not fail, and it cannot vouch either.
+    return dg.AssetCheckResult(check_name=r.check_name, asset_key="pin_results", passed=r.status == "ok",
+                               severity=dg.AssetCheckSeverity.ERROR if not r.passed else dg.AssetCheckSeverity.WARN,
+                               metadata=meta)
 
 
 def build_model_defs(pins: PinSet, deps: list) -> dg.Definitions:
@@ -120,7 +144,8 @@ def build_model_defs(pins: PinSet, deps: list) -> dg.Definitions:
         op_tags=gpu_step_tags(),  # inference (vLLM on a GPU node when scaled out)
         check_specs=[dg.AssetCheckSpec(p.check_name, asset="pin_results", description=f"pin {p.name!r}: {p.describe()}; "
                                        f"accuracy >= {p.accuracy_floor}, p99 <= {p.latency_p99_ms} ms, "
-                                       f"drop <= {p.max_drop} unless noise") for p in pins.pins],
+                                       f"drop within {p.max_drop} (Holm-adjusted paired test and bound; a warning "
+                                       "when inconclusive)") for p in pins.pins],
     )
     def pin_results(context: dg.AssetExecutionContext, inference: InferenceSettings, storage: StorageEngine):
         """Every replayed auction decided by this model version; per-pin metrics and the paired test."""
@@ -132,6 +157,7 @@ def build_model_defs(pins: PinSet, deps: list) -> dg.Definitions:
                 "dagster/row_count": run.predictions.height,
                 "composite": run.composite, "passed": run.passed,
                 "failed": ", ".join(run.summary()["failed"]) or "none",
+                "inconclusive": ", ".join(r.pin for r in run.results if r.inconclusive) or "none",
                 "regressed": ", ".join(run.summary()["regressed"]) or "none",
                 "reference": reference_name, "policy_digest": run.policy_digest, "scenarios_digest": run.scenarios_digest,
                 "model_version": version.digest, "kind": version.kind,

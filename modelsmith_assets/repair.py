@@ -227,11 +227,13 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         frame = pl.DataFrame(delta["pins"])
         write_with(path, lambda tmp: frame.write_parquet(tmp))
         storage.put_json(f"cycles/{key}/benchmark_delta.json", delta)
-        shown = frame.select("pin", "before", "after", "delta", "p_value", "p99_before_ms", "p99_after_ms", "status")
+        shown = frame.select("pin", "rows", "before", "after", "delta", "p_adjusted", "p99_before_ms", "p99_after_ms",
+                             "status", "notes")
         return dg.MaterializeResult(metadata={
             "offer_for_promotion": delta["offer_for_promotion"], "repaired": ", ".join(delta["repaired"]) or "none",
             "not_repaired": ", ".join(delta["not_repaired"]) or "none",
             "flagged": ", ".join(delta["flagged"]) or "none",
+            "inconclusive": ", ".join(delta["inconclusive"]) or "none",
             "composite_before": delta["composite_before"], "composite_after": delta["composite_after"],
             "path": dg.MetadataValue.path(str(path)),
             "delta": dg.MetadataValue.md(to_markdown(shown.sort("delta"), max_rows=200)),

@@ -1,9 +1,12 @@
 """Inference engines behind one interface: decide a batch of feature rows.
 
 `decide(features)` returns, per row, the decision, the probability of each label (in DECISIONS
-order) and the latency the caller of that row saw (the wall time of the batch that decided it,
-prompt encoding included). Adapters are attached once by digest and hot-swapped on one loaded base
-model (`use(digest)`); the base is never reloaded.
+order) and the latency a bidder sees for that decision: the wall time of the micro-batch that
+decided it (at most `batch_size` requests gathered together, prompt encoding included; a bidder's
+bounded wait for the batch to fill comes on top and is its own setting). The default micro-batch
+of 4 keeps the default model and its adapters well inside the pins' 10 ms p99 budget on two CPU
+cores (`benchmarks/latency`). Adapters are attached once by digest and hot-swapped on one loaded
+base model (`use(digest)`); the base is never reloaded.
 
 - `TransformersEngine` (default; CPU or CUDA): one batched forward pass, and the next-token logits
   restricted to the label tokens (constrained decoding): no free generation on the hot path.
@@ -57,7 +60,7 @@ class TransformersEngine:
 
     name = "transformers"
 
-    def __init__(self, model_dir: str | Path, device: str = "auto", batch_size: int = 64, threads: int = 0):
+    def __init__(self, model_dir: str | Path, device: str = "auto", batch_size: int = 4, threads: int = 0):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -94,7 +97,7 @@ class TransformersEngine:
         return self
 
     @classmethod
-    def merged(cls, model_dir: str | Path, adapter_dir: str | Path, device: str = "auto", batch_size: int = 64,
+    def merged(cls, model_dir: str | Path, adapter_dir: str | Path, device: str = "auto", batch_size: int = 4,
                threads: int = 0) -> "TransformersEngine":
         """The base with one adapter merged into its weights (`merge_and_unload`): how a promoted champion is served.
 
@@ -237,8 +240,9 @@ class InferenceSettings(dg.ConfigurableResource):
 
     engine: str = Field("transformers", description="'transformers' (CPU or CUDA) or 'vllm' (CUDA, the gpu extra)")
     device: str = Field("auto", description="transformers device: auto, cpu, cuda, cuda:1, ...")
-    batch_size: int = Field(64, ge=1, le=65_536,
-                            description="Rows per forward pass; a row's latency is its batch's wall time")
+    batch_size: int = Field(4, ge=1, le=65_536,
+                            description="Decisions per micro-batch (forward pass); a decision's latency is its "
+                                        "micro-batch's wall time")
     merge_champion: bool = Field(False, description="Serve a champion adapter merged into the base weights "
                                                     "(transformers engine); other versions are attached and swapped")
 
@@ -246,7 +250,7 @@ class InferenceSettings(dg.ConfigurableResource):
         return load_engine(model_dir, self.engine, self.device, self.batch_size)
 
 
-def load_engine(model_dir: str | Path, engine: str = "transformers", device: str = "auto", batch_size: int = 64) -> InferenceEngine:
+def load_engine(model_dir: str | Path, engine: str = "transformers", device: str = "auto", batch_size: int = 4) -> InferenceEngine:
     if engine == "transformers":
         return TransformersEngine(model_dir, device=device, batch_size=batch_size)
     if engine == "vllm":

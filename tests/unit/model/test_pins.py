@@ -57,5 +57,14 @@ def test_floor_latency_and_paired_regression_each_fail_a_pin():
 
 def test_pins_init_writes_a_loadable_file():
     df = pl.DataFrame({"vertical": ["A"] * 120 + ["B"] * 10, "inventory_type": ["app"] * 130})
-    pins = parse_pins(segment_pins_yaml(df, min_support=100))
+    text, small = segment_pins_yaml(df, min_support=100)
+    pins = parse_pins(text)
     assert [p.name for p in pins.pins] == ["all", "A/app"]
+    # 130 and 120 rows cannot show a 2-point drop at alpha 0.05 over 4 tests (11 flips needed): both named
+    assert [s.split(" (")[0] for s in small] == ["all", "A/app"] and "inconclusive with this pack" in text
+
+
+def test_pins_init_names_only_the_segments_too_small():
+    df = pl.DataFrame({"vertical": ["A"] * 2000 + ["B"] * 150, "inventory_type": ["app"] * 2150})
+    _, small = segment_pins_yaml(df, min_support=100)
+    assert [s.split(" (")[0] for s in small] == ["B/app"]

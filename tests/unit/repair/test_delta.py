@@ -73,8 +73,10 @@ def test_targets_repaired_or_not_and_new_failures_flagged(engine, labelled, home
     assert [r.passed for r in run.results] == [True, False, False, True, False]  # floors of 1.0 fail
     delta = benchmark_delta_for(before_run, after_run, ["gaming", "site"])
     status = {p["pin"]: p["status"] for p in delta["pins"]}
-    assert status == {"gaming": "repaired", "site": "not repaired", "app": "flagged", "sports": "ok",
-                      "all": "ok"}  # `all` failed before too: not the candidate's doing
+    # `all` failed before too: not the candidate's doing; sports (a few of 60 rows) cannot detect a 2-point drop
+    assert status == {"gaming": "repaired", "site": "not repaired", "app": "flagged", "sports": "inconclusive",
+                      "all": "ok"}
+    assert delta["inconclusive"] == ["sports"]
     assert (delta["repaired"], delta["not_repaired"], delta["flagged"]) == (["gaming"], ["site"], ["app"])
     assert delta["offer_for_promotion"] is False
     assert {p["pin"]: p["target"] for p in delta["pins"]} == {
