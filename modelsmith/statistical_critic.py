@@ -6,6 +6,12 @@ rate of the pin's traced rows, with a Wilson interval. A value is implicated whe
 lower bound is above the pin's error rate and it covers most failing rows; the features are then
 ordered by their mean leave-one-out attribution on the failing rows. The synthesis targets the
 pin's own segment, with a replay buffer of the others.
+
+When several pins regressed, the cause is looked for once across all of them (their traces pooled,
+each row once): a policy change that spans segments (a threshold, a rule across verticals) is one
+cause, not the worst segment's. The synthesis then targets the implicated value that covers the
+most failing rows, wherever it occurs in the regressed segments, so the data reaches every pin
+the change touched.
 """
 
 import hashlib
@@ -16,7 +22,8 @@ import polars as pl
 
 from modelsmith.critics import CriticInput
 from modelsmith.diagnosis import Diagnosis, Provenance, validate_diagnosis
-from modelsmith.prompt import PROMPT_FEATURES, prompt_words
+from modelsmith.prompt import PROMPT_FEATURES, Bucketed, prompt_words
+from scenario_data.policy import BOOLEAN
 from modelsmith.stats import wilson_interval
 from modelsmith.traces import ATTR_PREFIX
 
@@ -27,6 +34,7 @@ GROUP BY pin, feature, word
 """
 MIN_COVERAGE = 0.5  # an implicated value covers at least half the failing rows
 MIN_LIFT = 1.5
+ALL_FAILURES = 0.95  # a value this share of the failing rows have is part of a cross-segment cause
 
 
 def feature_slices(traces: pl.DataFrame) -> pl.DataFrame:
@@ -64,9 +72,13 @@ class StatisticalCritic:
         traces = inp.traces
         if traces.height == 0 or not inp.regressed:
             raise ValueError(f"cycle {inp.cycle}: no regressed pin and no failing row to diagnose")
-        slices = feature_slices(traces)
         regressed = sorted(inp.regressed, key=lambda r: -(r.get("drop") or 0.0))
-        target = regressed[0]["pin"]
+        many = len(regressed) > 1
+        pooled = "the regressed pins"
+        if many:  # one cause across segments: every traced row once, under one name
+            traces = traces.unique("row_id", keep="first", maintain_order=True).with_columns(pl.lit(pooled).alias("pin"))
+        target = pooled if many else regressed[0]["pin"]
+        slices = feature_slices(traces)
         pin_errors = slices.filter(pl.col("pin") == target)
         base_rate = float(pin_errors["pin_errors"][0] / pin_errors["pin_rows"][0])
         implicated = pin_errors.filter((pl.col("ci_low") > base_rate) & (pl.col("coverage") >= MIN_COVERAGE)
@@ -76,23 +88,35 @@ class StatisticalCritic:
         findings = []
         for feature, group in implicated.group_by("feature", maintain_order=True):
             findings.append({"feature": feature[0], "values": [w.split("=", 1)[1] for w in group["word"]],
-                             "error_lift": float(group["lift"].max()), "attribution": attribution[feature[0]]})
+                             "error_lift": float(group["lift"].max()), "attribution": attribution[feature[0]],
+                             "coverage": float(group["coverage"].sum())})
         findings.sort(key=lambda f: -f["attribution"])
         if not findings:  # nothing stands out: the whole segment is the finding
             top = max(attribution, key=attribution.get)
-            findings = [{"feature": top, "values": [], "error_lift": 1.0, "attribution": attribution[top]}]
+            findings = [{"feature": top, "values": [], "error_lift": 1.0, "attribution": attribution[top], "coverage": 0.0}]
         coverage, purity = _coverage_and_purity(traces.filter(pl.col("pin") == target), findings)
         expected = failing["expected"].mode().to_list()[0]
         predicted = failing["predicted"].mode().to_list()[0]
+        filters, contrast = inp.pin_filters[regressed[0]["pin"]], self.contrast_share
+        if many:
+            causes = _causes(findings)
+            filters = _union_of_segments([inp.pin_filters[r["pin"]] for r in regressed])
+            for cause in causes:
+                filters |= _condition(cause)
+            contrast = 0.0  # the cause is the filter: rows outside it with its values do not exist
+            findings = causes + [f for f in findings if f not in causes]
         named = ", ".join(f"{f['feature']} in {f['values']}" if f["values"] else f["feature"] for f in findings[:3])
-        hypothesis = (f"In {target}, the failures concentrate where {named} (lift up to "
+        where = (f"Across {len(regressed)} regressed pins ({', '.join(r['pin'] for r in regressed[:4])}"
+                 f"{', ...' if len(regressed) > 4 else ''}), one cause" if many else f"In {target}")
+        hypothesis = (f"{where}: the failures concentrate where {named} (lift up to "
                       f"{max(f['error_lift'] for f in findings):.1f}x, {coverage:.0%} of failing rows): the model "
                       f"still answers {predicted} where the policy now expects {expected}.")
-        rows = max(self.min_rows, min(self.max_rows, self.rows_per_failure * failing.height))
-        raw = {"segments": [r["pin"] for r in regressed], "features": findings, "hypothesis": hypothesis[:600],
-               "confidence": round(coverage * purity, 3),
-               "synthesis": {"filters": inp.pin_filters[target], "rows": rows, "replay_ratio": self.replay_ratio,
-                             "contrast_share": self.contrast_share},
+        rows = max(self.min_rows, min(self.max_rows * (2 if many else 1), self.rows_per_failure * failing.height))
+        raw = {"segments": [r["pin"] for r in regressed],
+               "features": [{k: v for k, v in f.items() if k != "coverage"} for f in findings],
+               "hypothesis": hypothesis[:600], "confidence": round(coverage * purity, 3),
+               "synthesis": {"filters": filters, "rows": rows, "replay_ratio": self.replay_ratio,
+                             "contrast_share": contrast},
                "recipe": {"stages": list(self.stages)}}
         provenance = Provenance("statistical", "duckdb slice analysis", hashlib.sha256(SLICE_SQL.encode()).hexdigest(),
                                 inp.input_digest)
@@ -101,6 +125,50 @@ class StatisticalCritic:
         table = implicated.select("feature", "word", "n", "errors", "error_rate", "ci_low", "ci_high", "lift", "coverage")
         return replace(diagnosis, extra={"slices": table.to_dicts(), "base_error_rate": base_rate,
                                          "coverage": coverage, "purity": purity, "attribution": attribution})
+
+
+def _causes(findings: list[dict]) -> list[dict]:
+    """The findings every failing row shares (written as one conjunctive filter), else the widest one."""
+    usable = [f for f in findings if f["values"] and _condition(f)]
+    shared = [f for f in usable if f["coverage"] >= ALL_FAILURES]
+    return shared or [max(usable or findings, key=lambda f: (f["coverage"], f["error_lift"]))]
+
+
+def _condition(finding: dict) -> dict[str, dict]:
+    """A finding's values (prompt words: buckets, '1', 'Video_Gaming') as a filter in the policy grammar."""
+    feature = next((f for f in PROMPT_FEATURES if f.column == finding["feature"]), None)
+    values = [v for v in finding["values"] if v != "none"]
+    if feature is None or not values:
+        return {}
+    if isinstance(feature, Bucketed):
+        labels = feature.labels()
+        index = sorted(labels.index(v) for v in values if v in labels)
+        if not index:
+            return {}
+        edges = (float("-inf"), *feature.edges, float("inf"))
+        lo, hi = edges[index[0]], edges[index[-1] + 1]  # contiguous cover of the implicated buckets
+        cond = {**({"gte": lo} if lo != float("-inf") else {}), **({"lt": hi} if hi != float("inf") else {})}
+        return {feature.column: cond} if cond else {}
+    if feature.column in BOOLEAN:
+        return {feature.column: {"eq": values[0] == "1"}} if len(values) == 1 else {}
+    if feature.column == "gdpr":
+        return {feature.column: {"in": [int(v) for v in values]}}
+    return {feature.column: {"in": [v.replace("_", " ") for v in values]}}
+
+
+def _union_of_segments(wheres: list[dict[str, dict]]) -> dict[str, dict]:
+    """The regressed pins' segments as one filter: per column, the `eq` values any of them names.
+
+    A column a pin leaves free (or constrains otherwise) is left free: the union may be wider than
+    the segments, never narrower; target rows are labelled by the policy, so wider is safe.
+    """
+    columns = set().union(*(w.keys() for w in wheres)) if wheres else set()
+    out = {}
+    for column in sorted(columns):
+        conds = [w.get(column) for w in wheres]
+        if all(c is not None and set(c) == {"eq"} for c in conds):
+            out[column] = {"in": sorted({c["eq"] for c in conds}, key=str)}
+    return out
 
 
 def _coverage_and_purity(traces: pl.DataFrame, findings: list[dict]) -> tuple[float, float]:

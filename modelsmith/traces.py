@@ -28,10 +28,10 @@ def attributions(engine, rows: pl.DataFrame) -> np.ndarray:
     for w in words:
         for i in range(len(w)):
             variants.append(" ".join(w[:i] + [unk] + w[i + 1:]))
-    probs = []
+    probs, batch = [], 256  # throughput, not the serving micro-batch: no latency is measured here
     with torch.inference_mode():
-        for start in range(0, len(variants), engine.batch_size):
-            probs.append(engine._forward(variants[start:start + engine.batch_size]).cpu().numpy())
+        for start in range(0, len(variants), batch):
+            probs.append(engine._forward(variants[start:start + batch]).cpu().numpy())
     p = np.concatenate(probs)
     n, k = len(words), len(PROMPT_FEATURES)
     full, masked = p[:n], p[n:].reshape(n, k, len(LABEL_TOKENS))
@@ -50,16 +50,18 @@ def failure_traces(engine, predictions: pl.DataFrame, pins: PinSet, regressed: l
     if missing:
         raise KeyError(f"regressed pin(s) {missing} are not in the pin file {pins.source}")
     parts = []
+    per_pin = max(100, contrast_rows // max(1, len(regressed)))  # a change across 50 pins shares the budget
     for name in regressed:
         seg = predictions.filter(by_name[name].mask(predictions))
         failing = seg.filter(~pl.col("correct"))
         passing = seg.filter(pl.col("correct"))
-        if passing.height > contrast_rows:
-            passing = passing.sample(contrast_rows, seed=seed)
+        if passing.height > per_pin:
+            passing = passing.sample(per_pin, seed=seed)
         both = pl.concat([failing, passing]).with_columns(pl.lit(name).alias("pin"), (~pl.col("correct")).alias("failed"))
         parts.append(both)
     traces = pl.concat(parts) if parts else predictions.clear().with_columns(pl.lit("").alias("pin"), pl.lit(False).alias("failed"))
-    attr = attributions(engine, traces)
-    return traces.with_columns(
-        *(pl.Series(f"{ATTR_PREFIX}{col}", attr[:, i], dtype=pl.Float64) for i, col in enumerate(PROMPT_COLUMNS))
-    ).drop("latency_ms", strict=False)
+    unique = traces.unique("row_id", keep="first", maintain_order=True)  # a row of `all` and of its segment pin
+    attr = attributions(engine, unique)
+    scores = unique.select("row_id").with_columns(
+        *(pl.Series(f"{ATTR_PREFIX}{col}", attr[:, i], dtype=pl.Float64) for i, col in enumerate(PROMPT_COLUMNS)))
+    return traces.join(scores, on="row_id", how="left", maintain_order="left").drop("latency_ms", strict=False)

@@ -5,7 +5,7 @@ order) and the latency a bidder sees for that decision: the wall time of the mic
 decided it (at most `batch_size` requests gathered together, prompt encoding included; a bidder's
 bounded wait for the batch to fill comes on top and is its own setting). The default micro-batch
 of 4 keeps the default model and its adapters well inside the pins' 10 ms p99 budget on two CPU
-cores (`benchmarks/latency`). Adapters are attached once by digest and hot-swapped on one loaded
+cores (`benchmarks/latency/`). Adapters are attached once by digest and hot-swapped on one loaded
 base model (`use(digest)`); the base is never reloaded.
 
 - `TransformersEngine` (default; CPU or CUDA): one batched forward pass, and the next-token logits

@@ -93,24 +93,14 @@ def test_v1_passes_every_pin_and_v2_regresses_gaming_only(home, story):
     assert gaming.filter(gaming["model_version"] == champion.model_version)["passed"].to_list() == [True, False]
 
 
-def offered(story) -> bool:
-    """Whether the cycle's candidate reached the gate. Machine-dependent on the default base model: the
-    same seed and code gave a clean repair on an AVX-512 machine and three flagged site pins on an
-    AMD EPYC without it (README, "The repair chain"); each test checks what must hold either way."""
-    return story[2]["offer_for_promotion"]
-
-
 def test_one_cycle_repairs_gaming_and_offers_it_only_when_nothing_is_flagged(home, story):
     v2 = story[2]
     assert v2["cycle_success"] and v2["repaired"] == ["Video Gaming/app"], v2
-    assert v2["offer_for_promotion"] == (v2["flagged"] == [])
-    if offered(story):
-        assert v2["verdict"] == "ready for approval" and v2["bundle_digest"] in v2["next_step"]
-    else:
-        assert v2["verdict"] == "not offered: flagged: " + ", ".join(v2["flagged"]) and "next_step" not in v2
+    assert v2["flagged"] == [] and v2["not_repaired"] == [] and v2["offer_for_promotion"], v2
+    assert v2["verdict"] == "ready for approval" and v2["bundle_digest"] in v2["next_step"]
     assert [p["pin"] for p in v2["regressed_pins"]] == ["Video Gaming/app"] and v2["regressed_pins"][0]["p_value"] < 0.01
     assert v2["time_to_detect_s"] > 0 and v2["cycle_time_s"] > 0
-    assert v2["autonomy_rate"] == (1.0 if offered(story) else 0.0)  # cycles that reached the gate with a bundle offered
+    assert v2["autonomy_rate"] == 1.0  # the one cycle reached the gate with its bundle offered
     assert Path(v2["bundle_path"], "report.html").exists()
     cdir = home / "cycles" / v2["cycle"]
     diagnosis = json.loads((cdir / "diagnosis.json").read_text())
@@ -121,8 +111,14 @@ def test_one_cycle_repairs_gaming_and_offers_it_only_when_nothing_is_flagged(hom
     gaming = next(p for p in delta["pins"] if p["pin"] == "Video Gaming/app")
     assert gaming["before"] < 0.95 <= gaming["after"]
     others = [p for p in delta["pins"] if not p["target"]]
-    assert {p["pin"] for p in others if p["status"] != "ok"} == set(v2["flagged"])
-    assert all(p["delta"] < 0 for p in others if p["pin"] in v2["flagged"])  # a flag is a drop, never a gain
+    assert {p["status"] for p in others} <= {"ok", "inconclusive"}
+    assert {p["pin"] for p in others if p["status"] == "inconclusive"} == set(v2["inconclusive"])
+    assert all(p["notes"] for p in others if p["status"] == "inconclusive")  # each says why
+    # the big segments vouch: a real 2-point drop there would have been seen
+    assert {p["pin"]: p["status"] for p in others if p["rows"] >= 700} == dict.fromkeys(
+        ["all", "Entertainment/site", "Video Gaming/site", "Sports/site", "Technology & Computing/site",
+         "Politics/site"], "ok")
+    assert all(p["p99_after_ms"] <= 10.0 for p in delta["pins"])  # the seed's latency pin, per decision
 
     # The candidate is a registered adapter version that peft loads on the base.
     from peft import PeftConfig
@@ -156,7 +152,7 @@ def test_the_evidence_bundle_verifies_offline_and_names_what_was_tampered(home, 
             "attestations/training_provenance.dsse.json"} <= names
     report = (bundle / "report.html").read_text()
     assert report.count("<svg") == 3
-    assert ("OFFERED FOR PROMOTION" if offered(story) else "NOT OFFERED") in report
+    assert "OFFERED FOR PROMOTION" in report and "Inconclusive (" in report
     integrity = json.loads((bundle / "integrity.json").read_text())
     assert integrity["digests"]["adapter"] == story[2]["adapter_digest"] and integrity["dagster_runs"]["adapter"]
     key = home / "keys" / "ed25519.pub"
@@ -240,7 +236,7 @@ def test_promotion_from_the_launchpad_moves_the_champion_and_nothing_else_can(ho
     import hashlib
 
     digest = hashlib.sha256(digest).hexdigest()
-    assert pending(home) == (digest if offered(story) else "")
+    assert pending(home) == digest
     prefill = build_definitions().resolve_job_def("promotion_job").run_config["ops"]["promotion"]["config"]
     assert prefill["bundle_digest"] == pending(home) and prefill["approver"] == ""  # the Launchpad's default
 
@@ -248,16 +244,6 @@ def test_promotion_from_the_launchpad_moves_the_champion_and_nothing_else_can(ho
     before = read_champion(home).model_version
     wrong = _launch(client, {"approver": "ana", "decision": "approve", "bundle_digest": "0" * 64, "note": ""})
     assert wrong == dg.DagsterRunStatus.FAILURE and read_champion(home).model_version == before
-    if not offered(story):  # the cycle flagged pins: approving is refused, rejecting is recorded, nothing moves
-        refused = _launch(client, {"approver": "ana", "decision": "approve", "bundle_digest": digest, "note": ""})
-        assert refused == dg.DagsterRunStatus.FAILURE and read_champion(home).model_version == before
-        rejected = _launch(client, {"approver": "ana", "decision": "reject", "bundle_digest": digest,
-                                    "note": "flags " + ", ".join(story[2]["flagged"])})
-        assert rejected == dg.DagsterRunStatus.SUCCESS and read_champion(home).model_version == before
-        assert json.loads((home / "decisions" / f"{digest}.json").read_text())["decision"] == "reject"
-        assert CliRunner().invoke(main, ["audit", "verify"]).exit_code == 0
-        return
-
     approved = _launch(client, {"approver": "ana", "decision": "approve", "bundle_digest": digest, "note": "fixes Gaming"})
     assert approved == dg.DagsterRunStatus.SUCCESS
     champion = read_champion(home)
@@ -273,3 +259,22 @@ def test_promotion_from_the_launchpad_moves_the_champion_and_nothing_else_can(ho
     log.write_text("\n".join([*lines[:-1], lines[-1].replace('"ana"', '"eve"')]) + "\n")
     tampered = CliRunner().invoke(main, ["audit", "verify"])
     assert tampered.exit_code == 1 and "digest does not match" in tampered.output
+    log.write_text("\n".join(lines) + "\n")  # restored: the next test goes on from this home
+
+
+def test_a_following_policy_change_re_pins_the_new_champion(home, story, tmp_path):
+    """After the approval, a policy change (v2 and one rule that touches a handful of rows) re-pins the adapter."""
+    champion = read_champion(home)
+    assert champion.model_version == story[2]["adapter_digest"]  # approved by the test above
+    v2 = (REPO / "scenario_data" / "policies" / "v2.yaml").read_text()
+    anchor = "  - name: rewarded_low_utility\n"
+    policy = tmp_path / "v3.yaml"
+    policy.write_text(v2.replace("version: 2\n", "version: 3\n").replace(anchor, (
+        "  - name: extreme_floor\n    when:\n      floor: {gte: 9.0}\n      schain_hops: {gte: 3}\n"
+        "    decision: bid:shade_low\n") + anchor))
+    after = _loop("--policy", str(policy))
+    assert after["champion"] == champion.model_version and after["policy_digest"] != story[2]["policy_digest"]
+    assert (after["regressed"], after["failed"], after["cycle"]) == ([], [], None)
+    assert after["verdict"] == "no regression: every pin holds, nothing to repair"
+    runs = history(home).filter(pl.col("model_version") == champion.model_version)
+    assert runs["policy_digest"].unique().len() == 2  # pinned as a candidate under v2, as the champion under v3
