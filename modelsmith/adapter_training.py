@@ -3,8 +3,10 @@
 Each training row is the prompt's token ids plus the decision token, with the loss on the
 decision token only (labels -100 elsewhere): the decision is one token, so no EOS is appended and
 scoring stays one forward pass. After every epoch the adapter is scored on a held-out slice of the
-synthetic rows (target and replay apart); the best epoch's weights are kept (early stopping), so
-a recipe that starts forgetting the other segments stops there.
+synthetic rows (target and replay apart, never the pins); the kept epoch is the best on target
+among those whose non-target rows (which carry the champion's decisions) stay within
+`collateral_tolerance` of the untrained adapter's, so a recipe that starts changing the other
+segments stops there; only when no epoch stays within it does the target-plus-replay score decide.
 
 Configuration is dataclasses with CPU-friendly defaults (trl's defaults suit 7B models on GPUs:
 bf16 and gradient checkpointing made CPU steps 10-25x slower here). The adapter directory is
@@ -80,6 +82,9 @@ class AdapterRecipe:
     sft: SftSettings = field(default_factory=SftSettings)
     grpo: GrpoSettings = field(default_factory=GrpoSettings)
     replay_weight: float = 1.0  # how much a replay-accuracy point counts against a target point when picking the epoch
+    # Early stopping on collateral: an epoch whose held-out non-target rows (anchored to the champion)
+    # fall more than this below the untrained adapter's is not kept while another epoch stays within it.
+    collateral_tolerance: float = 0.005
 
 
 def split_heldout(rows: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -206,7 +211,10 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
     out_dir = Path(out_dir)
     work, lock = work_dir(out_dir)  # held while training: `modelsmith home sweep` leaves it alone
     history: list[dict] = []
-    best: dict = {"score": float("-inf")}
+    best: dict = {"score": (False, float("-inf"), float("-inf"))}
+    model.eval()
+    baseline = heldout_accuracy(model, tokenizer, held)["others"]  # the base alone: the champion's collateral
+    log(f"held-out other rows before training: {baseline:.4f}")
 
     class EpochEval(TrainerCallback):
         """Held-out accuracy after every epoch; keep the best epoch's adapter weights."""
@@ -217,8 +225,10 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
             model.eval()
             acc = heldout_accuracy(model, tokenizer, held)
             model.train()
-            score = acc.get("target", 0.0) + recipe.replay_weight * acc["others"]
-            history.append({"epoch": round(state.epoch or 0), **acc})
+            within = acc["others"] >= baseline - recipe.collateral_tolerance
+            score = (within, acc.get("target", 0.0) if within else float("-inf"),
+                     acc.get("target", 0.0) + recipe.replay_weight * acc["others"])
+            history.append({"epoch": round(state.epoch or 0), **acc, "collateral_ok": within})
             log(f"sft epoch {round(state.epoch or 0)}: held-out target {acc.get('target', 0):.4f}, "
                 f"others {acc['others']:.4f} (contrast {acc.get('contrast', float('nan')):.4f})")
             if score > best["score"]:
@@ -275,5 +285,6 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
     return {"stages": stages_run, "requested_stages": list(recipe.stages), "grpo": grpo_summary,
             "qlora": on_gpu, "precision": "4-bit NF4 base (QLoRA)" if on_gpu else f"fp32 ({why_not})",
             "best_epoch": best["epoch"], "heldout": best["accuracy"], "history": history,
+            "heldout_others_before": baseline,
             "train_rows": train_rows.height, "heldout_rows": held.height, "final_loss": losses[-1] if losses else None,
             "recipe": asdict(recipe), "digest": directory_digest(out_dir)}

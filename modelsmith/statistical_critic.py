@@ -63,7 +63,7 @@ def feature_slices(traces: pl.DataFrame) -> pl.DataFrame:
 class StatisticalCritic:
     name = "statistical"
 
-    def __init__(self, rows_per_failure: int = 20, min_rows: int = 500, max_rows: int = 2_000, replay_ratio: float = 1.5,
+    def __init__(self, rows_per_failure: int = 20, min_rows: int = 1_500, max_rows: int = 2_000, replay_ratio: float = 1.5,
                  contrast_share: float = 0.3, stages: tuple[str, ...] = ("sft",)):
         self.rows_per_failure, self.min_rows, self.max_rows = rows_per_failure, min_rows, max_rows
         self.replay_ratio, self.contrast_share, self.stages = replay_ratio, contrast_share, stages
@@ -101,9 +101,9 @@ class StatisticalCritic:
         if many:
             causes = _causes(findings)
             filters = _union_of_segments([inp.pin_filters[r["pin"]] for r in regressed])
+            contrast = self.contrast_share if filters else 0.0  # near misses exist only outside a restricting union
             for cause in causes:
                 filters |= _condition(cause)
-            contrast = 0.0  # the cause is the filter: rows outside it with its values do not exist
             findings = causes + [f for f in findings if f not in causes]
         named = ", ".join(f"{f['feature']} in {f['values']}" if f["values"] else f["feature"] for f in findings[:3])
         where = (f"Across {len(regressed)} regressed pins ({', '.join(r['pin'] for r in regressed[:4])}"

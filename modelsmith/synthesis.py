@@ -135,21 +135,23 @@ ANCHOR_RULE = "anchor: the champion's decision"
 
 
 def anchor_to_champion(rows: pl.DataFrame, champion_decisions: list[str]) -> pl.DataFrame:
-    """Replay and near-miss rows learn the champion's own decision; target rows keep the policy's.
+    """Replay rows learn the champion's own decision; target rows and near misses keep the policy's.
 
-    Outside the regressed segment a repair must keep what the champion does, including the few rows
-    it gets wrong there: they are not what this cycle repairs, and no pin asked for them. Labelled by
-    the policy instead, those rows (about 3 % of fresh replay rows, gathered in the small segments the
-    champion generalises least well) taught the adapter to change those segments, and it flipped rows
-    the pins hold there: eight small site pins were flagged on the default story. `rule` says which
-    rows were anchored; `policy_digest` stays the policy the targets were labelled by.
+    Outside the regressed segments a repair must keep what the champion does, including the few rows
+    it gets wrong there: they are not what this cycle repairs, and no pin asked for them (policy
+    labels there, about 3 % of fresh replay rows, taught adapters to change small segments). Near
+    misses are the exception: they share the cause's values outside its segments and exist to teach
+    where the change applies and where it does not, which only the policy knows (a threshold that
+    moved in every vertical applies in segments too small to have regressed; anchored to the
+    champion, their near misses taught the old rule). `rule` says which rows were anchored;
+    `policy_digest` stays the policy the other rows were labelled by.
     """
     if len(champion_decisions) != rows.height:
         raise ValueError(f"{len(champion_decisions)} champion decisions for {rows.height} rows")
-    target = pl.col("source") == "target"
+    replay = pl.col("source") == "replay"
     decided = pl.Series("champion", champion_decisions, dtype=pl.String)
-    return rows.with_columns(pl.when(target).then(pl.col("expected")).otherwise(decided).alias("expected"),
-                             pl.when(target).then(pl.col("rule")).otherwise(pl.lit(ANCHOR_RULE)).alias("rule"))
+    return rows.with_columns(pl.when(replay).then(decided).otherwise(pl.col("expected")).alias("expected"),
+                             pl.when(replay).then(pl.lit(ANCHOR_RULE)).otherwise(pl.col("rule")).alias("rule"))
 
 
 def synthesis_seed(policy_digest: str, diagnosis) -> int:

@@ -50,7 +50,8 @@ def failure_traces(engine, predictions: pl.DataFrame, pins: PinSet, regressed: l
     if missing:
         raise KeyError(f"regressed pin(s) {missing} are not in the pin file {pins.source}")
     parts = []
-    per_pin = max(100, contrast_rows // max(1, len(regressed)))  # a change across 50 pins shares the budget
+    # a change across 50 pins shares the contrast budget, each pin keeping at least 100 (or all it was given)
+    per_pin = max(contrast_rows // max(1, len(regressed)), min(contrast_rows, 100))
     for name in regressed:
         seg = predictions.filter(by_name[name].mask(predictions))
         failing = seg.filter(~pl.col("correct"))

@@ -129,7 +129,7 @@ def _check_result(r: PinResult) -> dg.AssetCheckResult:
         meta["notes"] = r.notes
     # An inconclusive pin is a warning in the UI: it did not fail, and it cannot vouch either.
     return dg.AssetCheckResult(check_name=r.check_name, asset_key="pin_results", passed=r.status == "ok",
-                               severity=dg.AssetCheckSeverity.ERROR if not r.passed else dg.AssetCheckSeverity.WARN,
+                               severity=dg.AssetCheckSeverity.WARN if r.status == "inconclusive" else dg.AssetCheckSeverity.ERROR,
                                metadata=meta)
 
 

@@ -127,7 +127,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         champion = engine_for(registry.get(read_cycle(home, key)["model_version"]), registry, inference)
         rows = anchor_to_champion(result.rows, champion.decide(result.rows).decision)
         moved = int(((rows["expected"] != result.rows["expected"])).sum())
-        context.log.info(f"{moved} of {int((rows['source'] != 'target').sum())} replay and near-miss rows take the "
+        context.log.info(f"{moved} of {int((rows['source'] == 'replay').sum())} replay rows take the "
                          "champion's decision over the policy's")
         out = home / "datasets" / key
         write_with(out / "rows.parquet", lambda tmp: rows.write_parquet(tmp))

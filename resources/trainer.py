@@ -24,6 +24,9 @@ class TrainerSettings(dg.ConfigurableResource):
                                     description="Share of the synthetic rows held out for early stopping")
     replay_weight: float = Field(1.0, ge=0, le=1_000, allow_inf_nan=False,
                                  description="Weight of held-out replay accuracy against target accuracy")
+    collateral_tolerance: float = Field(0.005, ge=0, le=1, allow_inf_nan=False,
+                                        description="How far held-out non-target rows may fall below the untrained "
+                                                    "adapter's for an epoch to be kept (early stopping on collateral)")
     stages: str = Field("", pattern=r"^\s*(sft\s*(,\s*grpo\s*)?)?$",
                         description="'' follows the diagnosis's recipe; 'sft' or 'sft,grpo' overrides it")
     grpo_learning_rate: float = Field(1e-3, gt=0, le=1, allow_inf_nan=False, description="GRPO learning rate")
@@ -48,4 +51,4 @@ class TrainerSettings(dg.ConfigurableResource):
             grpo=GrpoSettings(learning_rate=self.grpo_learning_rate, steps=self.grpo_steps,
                               num_generations=self.grpo_num_generations, temperature=self.grpo_temperature,
                               tolerance=self.grpo_tolerance),
-            replay_weight=self.replay_weight)
+            replay_weight=self.replay_weight, collateral_tolerance=self.collateral_tolerance)

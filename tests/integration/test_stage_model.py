@@ -34,8 +34,9 @@ def test_a_user_directory_is_the_base_model_and_an_adapter_is_pinned_on_it(model
 
     pinned = dg.materialize(assets, selection=["pin_results", "regression_report"], partition_key=base.key,
                             resources=resources, instance=instance)
-    checks = {e.check_name: e.passed for e in pinned.get_asset_check_evaluations()}
-    assert checks == {"pin_all": True, "pin_games": True, "pin_impossible": False}  # an untrained model is not perfect
+    checks = {e.check_name: (e.passed, e.severity.value) for e in pinned.get_asset_check_evaluations()}
+    # an untrained model is not perfect (an error); the ~30 Gaming rows of 300 requests cannot vouch (a warning)
+    assert checks == {"pin_all": (True, "ERROR"), "pin_games": (False, "WARN"), "pin_impossible": (False, "ERROR")}
     pin_meta = pinned.asset_materializations_for_node("pin_results")[0].metadata
     assert "| games |" in pin_meta["pins"].value and 0.0 < pin_meta["composite"].value <= 1.0
     report = json.loads((home / "reports" / base.key / "regression_report.json").read_text())

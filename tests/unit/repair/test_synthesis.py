@@ -212,7 +212,7 @@ def test_implicated_values_as_the_diagnosis_documents_them_select_rows(first_bat
     assert (implicated_mask(first_batch, documented) == expected).all()
 
 
-def test_anchoring_gives_replay_and_near_misses_the_champions_decision_and_keeps_target_labels():
+def test_anchoring_gives_replay_the_champions_decision_and_keeps_target_and_near_miss_labels():
     import polars as pl
 
     from modelsmith.synthesis import ANCHOR_RULE, anchor_to_champion
@@ -220,9 +220,9 @@ def test_anchoring_gives_replay_and_near_misses_the_champions_decision_and_keeps
     rows = pl.DataFrame({"source": ["target", "replay", "contrast", "replay"],
                          "expected": ["shade_high", "bid", "no_bid", "bid"],
                          "rule": ["r-gaming", "r1", "r2", "r1"], "policy_digest": ["p"] * 4})
-    anchored = anchor_to_champion(rows, ["bid", "no_bid", "no_bid", "bid"])
-    assert anchored["expected"].to_list() == ["shade_high", "no_bid", "no_bid", "bid"]  # the target keeps the policy's
-    assert anchored["rule"].to_list() == ["r-gaming", ANCHOR_RULE, ANCHOR_RULE, ANCHOR_RULE]
+    anchored = anchor_to_champion(rows, ["bid", "no_bid", "bid", "bid"])
+    assert anchored["expected"].to_list() == ["shade_high", "no_bid", "no_bid", "bid"]  # target, near miss: the policy's
+    assert anchored["rule"].to_list() == ["r-gaming", ANCHOR_RULE, "r2", ANCHOR_RULE]
     assert anchored["policy_digest"].to_list() == ["p"] * 4
     with pytest.raises(ValueError, match="3 champion decisions for 4 rows"):
         anchor_to_champion(rows, ["bid"] * 3)
