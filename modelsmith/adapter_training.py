@@ -84,7 +84,7 @@ class AdapterRecipe:
     replay_weight: float = 1.0  # how much a replay-accuracy point counts against a target point when picking the epoch
     # Early stopping on collateral: an epoch whose held-out non-target rows (anchored to the champion)
     # fall more than this below the untrained adapter's is not kept while another epoch stays within it.
-    collateral_tolerance: float = 0.005
+    collateral_tolerance: float = 0.01
 
 
 def split_heldout(rows: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:

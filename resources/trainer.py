@@ -24,7 +24,7 @@ class TrainerSettings(dg.ConfigurableResource):
                                     description="Share of the synthetic rows held out for early stopping")
     replay_weight: float = Field(1.0, ge=0, le=1_000, allow_inf_nan=False,
                                  description="Weight of held-out replay accuracy against target accuracy")
-    collateral_tolerance: float = Field(0.005, ge=0, le=1, allow_inf_nan=False,
+    collateral_tolerance: float = Field(0.01, ge=0, le=1, allow_inf_nan=False,
                                         description="How far held-out non-target rows may fall below the untrained "
                                                     "adapter's for an epoch to be kept (early stopping on collateral)")
     stages: str = Field("", pattern=r"^\s*(sft\s*(,\s*grpo\s*)?)?$",

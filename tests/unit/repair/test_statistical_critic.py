@@ -76,8 +76,8 @@ def test_a_diagnosis_outside_what_exists_or_the_bounds_is_refused(patch, field):
         validate_diagnosis({**raw, **patch}, cycle="c", known_segments={PIN}, provenance=prov)
 
 
-def test_a_change_across_segments_is_one_cause_and_the_data_targets_it_everywhere():
-    """The high-floor threshold moves from 2.0 to 1.5 in every vertical: one cause, not the worst segment's."""
+def _threshold_traces(pins: dict) -> pl.DataFrame:
+    """The high-floor threshold moves from 2.0 to 1.5 in every vertical; a v1 model's traces in `pins`."""
     from modelsmith.synthesis import filter_expr
     from scenario_data.policy import load_policy
     from tests.conftest import REPO
@@ -86,22 +86,37 @@ def test_a_change_across_segments_is_one_cause_and_the_data_targets_it_everywher
     v1 = label_requests(requests, shipped_policy(1))
     drift = label_requests(requests, load_policy(REPO / "scenario_data" / "drifts" / "threshold_high_floor.yaml"))
     rows = drift.with_columns(v1["expected"].alias("predicted"), pl.int_range(pl.len()).cast(pl.String).alias("row_id"))
-    pins = {f"{v}/{t}": {"vertical": {"eq": v}, "inventory_type": {"eq": t}}
-            for v, t in (("Sports", "site"), ("Politics", "site"), ("Travel", "app"))}
-    parts = []
-    for name, where in pins.items():
-        seg = rows.filter(filter_expr(where))
-        parts.append(seg.with_columns(pl.lit(name).alias("pin")))
-    traces = pl.concat(parts).with_columns(
+    parts = [rows.filter(filter_expr(where)).with_columns(pl.lit(name).alias("pin")) for name, where in pins.items()]
+    return pl.concat(parts).with_columns(
         (pl.col("predicted") != pl.col("expected")).alias("failed"), pl.lit(0.99).alias("confidence"),
         *(pl.when(pl.col("predicted") == d).then(0.99).otherwise(0.0025).alias(f"p_{d}") for d in DECISIONS),
         *(pl.lit(0.5 if c == "floor" else 0.01).alias(f"attr_{c}") for c in PROMPT_COLUMNS))
+
+
+def _diagnose(pins: dict, traces: pl.DataFrame):
     regressed = [{"pin": n, "rows": 100, "drop": 0.05 + i / 100, "p_value": 1e-6} for i, n in enumerate(pins)]
-    d = StatisticalCritic().diagnose(CriticInput("c2", "m" * 64, "p" * 64, regressed, pins, traces))
+    return StatisticalCritic().diagnose(CriticInput("c2", "m" * 64, "p" * 64, regressed, pins, traces))
+
+
+def test_a_change_across_every_segment_is_one_cause_and_the_data_targets_it_everywhere():
+    from modelsmith.synthesis import filter_expr
+
+    pins = {"all": {}, "Sports/site": {"vertical": {"eq": "Sports"}, "inventory_type": {"eq": "site"}},
+            "Travel/app": {"vertical": {"eq": "Travel"}, "inventory_type": {"eq": "app"}}}
+    traces = _threshold_traces(pins)
+    d = _diagnose(pins, traces)
     assert set(d.segments) == set(pins) and d.hypothesis.startswith("Across 3 regressed pins")
     assert d.features[0].feature == "floor" and d.features[0].values == ("1.5-2",)
-    assert d.synthesis.filters["floor"] == {"gte": 1.5, "lt": 2.0}
-    assert d.synthesis.filters["vertical"] == {"in": ["Politics", "Sports", "Travel"]}
-    assert d.synthesis.contrast_share == 0.3  # near misses: the same floors in the verticals that did not regress
+    assert d.synthesis.filters == {"floor": {"gte": 1.5, "lt": 2.0}} and d.synthesis.contrast_share == 0.0
     failing = traces.filter("failed").unique("row_id")
     assert failing.filter(filter_expr(d.synthesis.filters)).height == failing.height  # the data reaches every failure
+
+
+def test_a_change_across_some_segments_targets_their_union_with_near_misses_outside():
+    pins = {f"{v}/{t}": {"vertical": {"eq": v}, "inventory_type": {"eq": t}}
+            for v, t in (("Sports", "site"), ("Politics", "site"), ("Travel", "app"))}
+    d = _diagnose(pins, _threshold_traces(pins))
+    assert d.features[0].feature == "floor" and d.hypothesis.startswith("Across 3 regressed pins")
+    assert d.synthesis.filters == {"inventory_type": {"in": ["app", "site"]},
+                                   "vertical": {"in": ["Politics", "Sports", "Travel"]}}
+    assert d.synthesis.contrast_share == 0.3  # the same floors in the verticals that did not regress
