@@ -11,9 +11,11 @@ Every judgement that fails a pin needs evidence, weighed across the whole run:
 - *regressed*: the paired test against the reference finds a drop, and the drop's one-sided 95 %
   upper confidence bound is above the pin's `max_drop`, its non-inferiority margin (a drop whose
   bound stays inside the margin is reported in the pin's notes, not failed);
-- *over its latency budget*: the segment's p99 per-decision latency is above it (a measurement).
+- *over its latency budget*: significantly more than 1 % of the segment's decisions took longer
+  than the budget (its p99), by the exact binomial test; a p99 over the budget without that
+  evidence (one slow micro-batch in a small segment) is a note.
 
-The p-values of one run (a floor test and a paired test per pin) are one family, adjusted with
+The p-values of one run (a floor, a latency and a paired test per pin) are one family, adjusted with
 Holm's procedure at the pin file's `alpha`. Holm, not Benjamini-Hochberg: the gate's verdict is
 "no pin failed", so what must be bounded is the chance that *any* pin of a good candidate fails
 by chance (the family-wise error rate, which Holm controls), not the share of false flags among
@@ -32,8 +34,8 @@ import numpy as np
 import polars as pl
 
 from modelsmith.pins import Pin, PinSet
-from modelsmith.stats import (PairedResult, drop_upper_bound, floor_test, holm, min_detectable_drop, paired_test,
-                             wilson_interval)
+from modelsmith.stats import (PairedResult, drop_upper_bound, floor_test, holm, min_detectable_drop, over_budget_test,
+                             paired_test, wilson_interval)
 from scenario_data.policy import DECISIONS
 
 
@@ -100,6 +102,8 @@ class _Measured:
     latency: tuple[float, float, float]
     paired: PairedResult | None
     floor_p: float
+    latency_p: float
+    over_budget: int
 
 
 def _measure(pin: Pin, preds: pl.DataFrame, reference: pl.DataFrame | None, test: str) -> _Measured:
@@ -110,16 +114,22 @@ def _measure(pin: Pin, preds: pl.DataFrame, reference: pl.DataFrame | None, test
         both = seg.select("row_id", "correct").join(reference, on="row_id", how="inner")
         if both.height:
             paired = paired_test(both["reference_correct"].to_numpy(), both["correct"].to_numpy(), test)
-    return _Measured(pin, n, correct, _quantiles(seg["latency_ms"].to_numpy()), paired,
-                     floor_test(correct, n, pin.accuracy_floor))
+    latency = seg["latency_ms"].to_numpy()
+    over = int((latency > pin.latency_p99_ms).sum())
+    return _Measured(pin, n, correct, _quantiles(latency), paired, floor_test(correct, n, pin.accuracy_floor),
+                     over_budget_test(over, n), over)
+
+
+TESTS_PER_PIN = 3
 
 
 def detection_level(pins: PinSet) -> float:
-    """The Bonferroni level of a run (`alpha` over a floor test and a paired test per pin): what a lone drop faces."""
-    return pins.alpha / (2 * len(pins.pins))
+    """The Bonferroni level of a run (`alpha` over a floor, a latency and a paired test per pin): what a lone drop faces."""
+    return pins.alpha / (TESTS_PER_PIN * len(pins.pins))
 
 
-def _judge(m: _Measured, floor_p_adj: float, p_adj: float | None, test: str, alpha: float, level: float) -> PinResult:
+def _judge(m: _Measured, floor_p_adj: float, latency_p_adj: float, p_adj: float | None, test: str, alpha: float,
+           level: float) -> PinResult:
     pin, n, paired = m.pin, m.rows, m.paired
     accuracy = m.correct / n if n else 0.0
     ci_low, ci_high = wilson_interval(m.correct, n)
@@ -139,7 +149,12 @@ def _judge(m: _Measured, floor_p_adj: float, p_adj: float | None, test: str, alp
         notes.append(f"accuracy {accuracy:.4f} under floor {pin.accuracy_floor}, not significantly "
                      f"(p = {floor_p_adj:.2g} adjusted)")
     if p99 > pin.latency_p99_ms:
-        reasons.append(f"p99 latency {p99:.2f} ms > budget {pin.latency_p99_ms} ms")
+        slow = (f"p99 latency {p99:.2f} ms > budget {pin.latency_p99_ms} ms ({m.over_budget} of {n} decisions over it, "
+                f"binomial p = {latency_p_adj:.2g} adjusted")
+        if latency_p_adj < alpha:
+            reasons.append(slow + f" < {alpha})")
+        else:
+            notes.append(slow + ", not significant)")
     undecided = False  # a drop neither shown (significant) nor ruled out (bound inside the margin)
     if regressed:
         reasons.append(f"regressed by {paired.drop:.4f} (upper bound {upper:.4f} > max_drop {pin.max_drop}), "
@@ -175,12 +190,15 @@ def _judge(m: _Measured, floor_p_adj: float, p_adj: float | None, test: str, alp
 def score_pins(pins: PinSet, preds: pl.DataFrame, reference: pl.DataFrame | None = None) -> list[PinResult]:
     """Every pin of `pins`, judged together: one Holm family over the run's floor and paired tests."""
     measured = [_measure(p, preds, reference, pins.test) for p in pins.pins]
-    family = [m.floor_p for m in measured] + [m.paired.p_value for m in measured if m.paired]
+    family = ([m.floor_p for m in measured] + [m.latency_p for m in measured]
+              + [m.paired.p_value for m in measured if m.paired])
     adjusted = iter(holm(family))
     floor_adj = [next(adjusted) for _ in measured]
+    latency_adj = [next(adjusted) for _ in measured]
     paired_adj = [next(adjusted) if m.paired else None for m in measured]
     level = detection_level(pins)
-    return [_judge(m, f, p, pins.test, pins.alpha, level) for m, f, p in zip(measured, floor_adj, paired_adj)]
+    return [_judge(m, f, lat, p, pins.test, pins.alpha, level)
+            for m, f, lat, p in zip(measured, floor_adj, latency_adj, paired_adj, strict=True)]
 
 
 def composite(results: list[PinResult]) -> float:

@@ -191,7 +191,9 @@ def too_small(rows: int, pins: int, alpha: float, max_drop: float) -> float | No
     """The smallest detectable drop of a `rows`-row segment in a run of `pins` pins, when it exceeds `max_drop`."""
     from modelsmith.stats import min_detectable_drop
 
-    mdd = min_detectable_drop(rows, alpha / (2 * pins))
+    from modelsmith.evaluate import TESTS_PER_PIN
+
+    mdd = min_detectable_drop(rows, alpha / (TESTS_PER_PIN * pins))
     return mdd if mdd > max_drop else None
 
 

@@ -136,3 +136,14 @@ def min_detectable_drop(n: int, alpha: float) -> float:
     way. A segment whose `max_drop` is below this cannot detect it at all: its pin is inconclusive.
     """
     return 1.0 if n == 0 else min(1.0, smallest_significant_worse(alpha) / n)
+
+
+def over_budget_test(over: int, n: int, quantile: float = 0.99) -> float:
+    """One-sided exact binomial p-value of "the `quantile` latency is above the budget", from `over` of `n` decisions over it.
+
+    p99 <= budget means at most 1 % of decisions take longer; one slow micro-batch among 100
+    decisions is not evidence of that, a model whose every decision is slow is.
+    """
+    if over == 0 or n == 0:
+        return 1.0
+    return float(binom.sf(over - 1, n, 1.0 - quantile))

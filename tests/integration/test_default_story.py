@@ -118,7 +118,9 @@ def test_one_cycle_repairs_gaming_and_offers_it_only_when_nothing_is_flagged(hom
     assert {p["pin"]: p["status"] for p in others if p["rows"] >= 700} == dict.fromkeys(
         ["all", "Entertainment/site", "Video Gaming/site", "Sports/site", "Technology & Computing/site",
          "Politics/site"], "ok")
-    assert all(p["p99_after_ms"] <= 10.0 for p in delta["pins"])  # the seed's latency pin, per decision
+    # the seed's latency pin, per decision: no pin over its 10 ms budget with evidence, p99 over every row within it
+    assert not any("p99 latency" in p["reasons"] for p in delta["pins"])
+    assert next(p for p in delta["pins"] if p["pin"] == "all")["p99_after_ms"] <= 10.0
 
     # The candidate is a registered adapter version that peft loads on the base.
     from peft import PeftConfig

@@ -127,3 +127,18 @@ def test_floor_test_wants_evidence():
 def test_detectability_and_the_drop_bound():
     assert min_detectable_drop(500, 0.05 / 118) < 0.03 < min_detectable_drop(100, 0.05 / 118)
     assert drop_upper_bound(0, 0, 1000) < 0.005 and drop_upper_bound(30, 0, 1000) > 0.03
+
+
+def test_latency_fails_on_evidence_not_on_one_slow_micro_batch(pack):
+    pins = load_pins()
+    pin, n = _pin_near(pack, pins, 100)
+    right = pack["champion_right"].to_numpy()
+    reference = pack.select("row_id", pl.col("champion_right").alias("reference_correct"))
+    latency = np.full(pack.height, 3.0)
+    latency[np.flatnonzero(pin.mask(pack).to_numpy())[:4]] = 25.0  # one slow micro-batch of 4 in the segment
+    preds = _preds(pack, right).with_columns(pl.Series("latency_ms", latency))
+    r = {x.pin: x for x in score_pins(pins, preds, reference)}[pin.name]
+    assert r.latency_p99_ms > 10 and "p99 latency" in r.notes and "not significant" in r.notes and r.passed
+    slow = _preds(pack, right).with_columns(pl.lit(12.0).alias("latency_ms"))  # every decision over budget
+    by = {x.pin: x for x in score_pins(pins, slow, reference)}
+    assert all(not x.passed and "p99 latency" in x.reasons for x in by.values())
