@@ -9,11 +9,11 @@ pin's own segment, with a replay buffer of the others.
 
 When several pins regressed, the cause is looked for once across all of them (their traces pooled,
 each row once): a policy change that spans segments (a threshold, a rule across verticals) is one
-cause, not the worst segment's. When the regressed pins span every segment (a free column, or the
-`all` pin), the synthesis targets the cause itself (the values every failing row shares) wherever
-it occurs; otherwise it targets the union of the regressed segments, with near misses (the cause's
-values outside them), as for one pin: the model then sees the segments' other rows too, and does
-not learn the cause's segment as the whole rule.
+cause, not the worst segment's. The synthesis targets the cause (the values every failing row
+shares) wherever it occurs in the union of the regressed segments (everywhere, when the `all` pin
+or a segment-free pin regressed), with near misses (the cause's values outside the union) when
+the union restricts it, so the data reaches every pin the change touched and the model sees where
+the change stops.
 """
 
 import hashlib
@@ -103,10 +103,11 @@ class StatisticalCritic:
         if many:
             causes = _causes(findings)
             filters = _union_of_segments([inp.pin_filters[r["pin"]] for r in regressed])
-            if not filters:  # the change spans every segment: the cause itself is what to synthesise
-                for cause in causes:
-                    filters |= _condition(cause)
-                contrast = 0.0  # rows outside the cause with its values do not exist
+            # Near misses (the cause's values outside the regressed segments) exist only when the
+            # segments restrict the filter; a change across every segment is the whole filter.
+            contrast = self.contrast_share if filters else 0.0
+            for cause in causes:
+                filters |= _condition(cause)
             findings = causes + [f for f in findings if f not in causes]
         named = ", ".join(f"{f['feature']} in {f['values']}" if f["values"] else f["feature"] for f in findings[:3])
         where = (f"Across {len(regressed)} regressed pins ({', '.join(r['pin'] for r in regressed[:4])}"

@@ -112,11 +112,11 @@ def test_a_change_across_every_segment_is_one_cause_and_the_data_targets_it_ever
     assert failing.filter(filter_expr(d.synthesis.filters)).height == failing.height  # the data reaches every failure
 
 
-def test_a_change_across_some_segments_targets_their_union_with_near_misses_outside():
+def test_a_change_across_some_segments_targets_the_cause_in_their_union_with_near_misses_outside():
     pins = {f"{v}/{t}": {"vertical": {"eq": v}, "inventory_type": {"eq": t}}
             for v, t in (("Sports", "site"), ("Politics", "site"), ("Travel", "app"))}
     d = _diagnose(pins, _threshold_traces(pins))
     assert d.features[0].feature == "floor" and d.hypothesis.startswith("Across 3 regressed pins")
-    assert d.synthesis.filters == {"inventory_type": {"in": ["app", "site"]},
+    assert d.synthesis.filters == {"inventory_type": {"in": ["app", "site"]}, "floor": {"gte": 1.5, "lt": 2.0},
                                    "vertical": {"in": ["Politics", "Sports", "Travel"]}}
     assert d.synthesis.contrast_share == 0.3  # the same floors in the verticals that did not regress
