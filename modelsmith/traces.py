@@ -65,4 +65,4 @@ def failure_traces(engine, predictions: pl.DataFrame, pins: PinSet, regressed: l
     attr = attributions(engine, unique)
     scores = unique.select("row_id").with_columns(
         *(pl.Series(f"{ATTR_PREFIX}{col}", attr[:, i], dtype=pl.Float64) for i, col in enumerate(PROMPT_COLUMNS)))
-    return traces.join(scores, on="row_id", how="left", maintain_order="left").drop("latency_ms", strict=False)
+    return traces.join(scores, on="row_id", how="left", maintain_order="left").drop("latency_ms", "latency_wall_ms", strict=False)
