@@ -192,7 +192,7 @@ def test_pin_run_killed_before_its_summary_is_not_history(tmp_path, model_dir):
     from modelsmith.pin_runs import history, runs
 
     def stable(run_dir: Path) -> pl.DataFrame:  # latency is measured, not computed: left out
-        return pl.read_parquet(run_dir / "predictions.parquet").drop("latency_ms")
+        return pl.read_parquet(run_dir / "predictions.parquet").drop("latency_ms", "latency_wall_ms")
 
     reference = job_pin(str(tmp_path / "ref"), str(model_dir))
     home = tmp_path / "home"
