@@ -120,3 +120,4 @@ def test_a_change_across_some_segments_targets_the_cause_in_their_union_with_nea
     assert d.synthesis.filters == {"inventory_type": {"in": ["app", "site"]}, "floor": {"gte": 1.5, "lt": 2.0},
                                    "vertical": {"in": ["Politics", "Sports", "Travel"]}}
     assert d.synthesis.contrast_share == 0.3  # the same floors in the verticals that did not regress
+    assert d.synthesis.replay_ratio == 3.0  # and twice the replay, so the cause is not learnt where it does not apply
