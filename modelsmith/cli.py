@@ -170,7 +170,8 @@ def pins() -> None:
               help="Another model directory: add the paired test against its decisions on the same rows")
 @click.option("--engine", default="transformers", show_default=True)
 @click.option("--batch-size", type=int, default=4, show_default=True,
-              help="Decisions per micro-batch; a decision's latency is its micro-batch's wall time")
+              help="Decisions per micro-batch; a decision's latency is its micro-batch's time "
+                   "(CPU time of the deciding thread on the CPU)")
 @click.option("--json", "as_json", is_flag=True)
 def pins_run(model_dir: Path, adapter_dir: Path | None, policy_path: str, scenario_file: Path, pins_path: str | None,
              against_dir: Path | None, engine: str, batch_size: int, as_json: bool) -> None:

@@ -123,9 +123,14 @@ def _measure(pin: Pin, preds: pl.DataFrame, reference: pl.DataFrame | None, test
 TESTS_PER_PIN = 3
 
 
+def bonferroni_level(alpha: float, pins: int) -> float:
+    """The Bonferroni level of a run of `pins` pins (`alpha` over a floor, a latency and a paired test per pin)."""
+    return alpha / (TESTS_PER_PIN * pins)
+
+
 def detection_level(pins: PinSet) -> float:
-    """The Bonferroni level of a run (`alpha` over a floor, a latency and a paired test per pin): what a lone drop faces."""
-    return pins.alpha / (TESTS_PER_PIN * len(pins.pins))
+    """What a lone drop faces in a run of `pins`: the smallest level Holm compares a p-value with."""
+    return bonferroni_level(pins.alpha, len(pins.pins))
 
 
 def _judge(m: _Measured, floor_p_adj: float, latency_p_adj: float, p_adj: float | None, test: str, alpha: float,
@@ -188,7 +193,7 @@ def _judge(m: _Measured, floor_p_adj: float, latency_p_adj: float, p_adj: float 
 
 
 def score_pins(pins: PinSet, preds: pl.DataFrame, reference: pl.DataFrame | None = None) -> list[PinResult]:
-    """Every pin of `pins`, judged together: one Holm family over the run's floor and paired tests."""
+    """Every pin of `pins`, judged together: one Holm family over the run's floor, latency and paired tests."""
     measured = [_measure(p, preds, reference, pins.test) for p in pins.pins]
     family = ([m.floor_p for m in measured] + [m.latency_p for m in measured]
               + [m.paired.p_value for m in measured if m.paired])

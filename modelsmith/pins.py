@@ -36,6 +36,7 @@ from modelsmith.stats import TESTS
 DEFAULT_PINS = Path(__file__).parent / "defaults" / "pins.yaml"
 THRESHOLDS = {"accuracy_floor": (0.0, 1.0), "latency_p99_ms": (0.0, None), "max_drop": (0.0, 1.0)}
 BUILTIN_DEFAULTS = {"accuracy_floor": 0.95, "latency_p99_ms": 10.0, "max_drop": 0.02}
+DEFAULT_ALPHA = 0.05  # the family-wise error rate of one run (Holm across its pins)
 
 
 class PinError(ValueError):
@@ -72,7 +73,7 @@ class Pin:
 class PinSet:
     pins: tuple[Pin, ...]
     test: str = "mcnemar"
-    alpha: float = 0.05
+    alpha: float = DEFAULT_ALPHA
     source: str = ""
     digest: str = ""  # SHA-256 of the pin file's text: which pins a run was judged by
 
@@ -114,7 +115,7 @@ def parse_pins(text: str, source: str = "<pins>") -> PinSet:
     test = regression.get("test", "mcnemar")
     if test not in TESTS:
         raise _err(source, rline, None, "regression.test", f"must be one of {TESTS}, got {test!r}")
-    alpha = regression.get("alpha", 0.05)
+    alpha = regression.get("alpha", DEFAULT_ALPHA)
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha < 1:
         raise _err(source, rline, None, "regression.alpha", f"must be a number in (0, 1), got {alpha!r}")
     pins_node = _mapping_get(root, "pins")
@@ -191,9 +192,9 @@ def too_small(rows: int, pins: int, alpha: float, max_drop: float) -> float | No
     """The smallest detectable drop of a `rows`-row segment in a run of `pins` pins, when it exceeds `max_drop`."""
     from modelsmith.stats import min_detectable_drop
 
-    from modelsmith.evaluate import TESTS_PER_PIN
+    from modelsmith.evaluate import bonferroni_level
 
-    mdd = min_detectable_drop(rows, alpha / (TESTS_PER_PIN * pins))
+    mdd = min_detectable_drop(rows, bonferroni_level(alpha, pins))
     return mdd if mdd > max_drop else None
 
 
@@ -206,7 +207,7 @@ def segment_pins_yaml(df: pl.DataFrame, by: tuple[str, ...] = ("vertical", "inve
     """
     counts = df.group_by(*by).len().filter(pl.col("len") >= min_support).sort(["len", *by], descending=[True] + [False] * len(by))
     values = {**BUILTIN_DEFAULTS, **(defaults or {})}
-    alpha = 0.05
+    alpha = DEFAULT_ALPHA
     doc: dict[str, Any] = {"version": 1, "defaults": values, "regression": {"test": "mcnemar", "alpha": alpha},
                            "pins": []}
     sized = ([("all", {}, df.height)] if everything else []) + [
