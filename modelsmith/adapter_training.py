@@ -1,8 +1,8 @@
 """LoRA adapters for a repair cycle: trl's SFT trainer on the synthetic rows (early stopping), then GRPO if asked.
 
-Each training row is the prompt's token ids plus the decision token, with the loss on the
-decision token only (labels -100 elsewhere): the decision is one token, so no EOS is appended and
-scoring stays one forward pass. After every epoch the adapter is scored on a held-out slice of the
+Each training row is the prompt's token ids plus the decision's tokens, with the loss on the
+decision only (labels -100 elsewhere); no EOS is appended, because a decision is scored by its
+log-likelihood among the five (`modelsmith.label_scoring`), never generated. After every epoch the adapter is scored on a held-out slice of the
 synthetic rows (target and replay apart, never the pins); the kept epoch is the best on target
 among those whose non-target rows (which carry the champion's decisions) stay within
 `collateral_tolerance` of the untrained adapter's, so a recipe that starts changing the other
@@ -99,14 +99,15 @@ def split_heldout(rows: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.Da
 
 
 def _dataset(tokenizer, rows: pl.DataFrame):
-    import torch
+    """Prompt then decision tokens per row, the loss on the decision only (trl's collator pads the batch)."""
     from datasets import Dataset
 
-    from modelsmith.base_model import encode
+    from modelsmith.label_scoring import LabelScorer
+    from modelsmith.prompt import model_prompts
 
-    x, y = encode(tokenizer, rows)
-    ids = torch.cat([x, y[:, None]], dim=1).tolist()
-    return Dataset.from_dict({"input_ids": ids, "labels": [[-100] * x.shape[1] + [t] for t in y.tolist()]})
+    scorer = LabelScorer.for_tokenizer(tokenizer)
+    ids, labels = scorer.training_rows(model_prompts(tokenizer, rows, scorer.format), rows["expected"].to_list())
+    return Dataset.from_dict({"input_ids": ids, "labels": labels})
 
 
 def heldout_accuracy(model, tokenizer, rows: pl.DataFrame) -> dict[str, float]:
@@ -157,17 +158,21 @@ def _quiet(trainer) -> None:
 
 def _grpo(model, tokenizer, train_rows: pl.DataFrame, settings: GrpoSettings, seed: int, work: Path,
           log: Callable[[str], None]):
+    import torch
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from modelsmith.prompt import prompts
+    from modelsmith.label_scoring import label_sequences
+    from modelsmith.prompt import model_prompts
 
     sample = train_rows.sample(min(settings.rows, train_rows.height), seed=seed)
-    dataset = Dataset.from_dict({"prompt": prompts(sample), "expected": sample["expected"].to_list()})
+    dataset = Dataset.from_dict({"prompt": model_prompts(tokenizer, sample), "expected": sample["expected"].to_list()})
+    on_gpu = torch.cuda.is_available()
     config = GRPOConfig(
-        output_dir=str(work / "grpo"), bf16=False, use_cpu=True, report_to="none", gradient_checkpointing=False,
+        output_dir=str(work / "grpo"), bf16=on_gpu, use_cpu=not on_gpu, report_to="none", gradient_checkpointing=False,
         learning_rate=settings.learning_rate, max_steps=settings.steps, per_device_train_batch_size=settings.batch_size,
-        num_generations=settings.num_generations, max_completion_length=1, temperature=settings.temperature,
+        num_generations=settings.num_generations, max_completion_length=max(len(s) for s in label_sequences(tokenizer)),
+        temperature=settings.temperature,
         beta=0.0, logging_steps=10, save_strategy="no", seed=seed, disable_tqdm=True,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=[agreement_reward, format_reward], args=config,
@@ -238,7 +243,7 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
     config = SFTConfig(
         output_dir=str(work / "trainer"), bf16=on_gpu, use_cpu=not on_gpu, report_to="none", gradient_checkpointing=False,
         learning_rate=sft.learning_rate, lr_scheduler_type=sft.scheduler, num_train_epochs=sft.epochs,
-        per_device_train_batch_size=sft.batch_size, warmup_steps=sft.warmup_steps, max_length=64,
+        per_device_train_batch_size=sft.batch_size, warmup_steps=sft.warmup_steps, max_length=None,
         save_strategy="no", logging_steps=20, seed=sft.seed, data_seed=sft.seed, dataloader_num_workers=0,
         dataset_kwargs={"skip_prepare_dataset": True}, disable_tqdm=True,
     )

@@ -83,16 +83,23 @@ def build_model(tokenizer, arch: TinyLlamaConfig, seed: int):
     return LlamaForCausalLM(config)
 
 
-def encode(tokenizer, labelled: pl.DataFrame):
-    """(input_ids, label token ids) for every row: fixed-length prompts, so one tensor and no padding."""
+def encode(tokenizer, labelled: pl.DataFrame) -> dict:
+    """Tensors for the pretraining loop (`LabelScorer.pretraining_tensors`): one prompt and decision per row."""
+    from modelsmith.label_scoring import LabelScorer
+    from modelsmith.prompt import model_prompts
+
+    scorer = LabelScorer.for_tokenizer(tokenizer)
+    return scorer.pretraining_tensors(model_prompts(tokenizer, labelled, scorer.format), labelled["expected"].to_list())
+
+
+def label_loss(model, batch: dict, idx):
+    """Next-token cross-entropy on the decision's tokens of rows `idx` (the last positions' logits only)."""
     import torch
 
-    from modelsmith.prompt import label_token_ids
-    from scenario_data.policy import DECISIONS
-
-    enc = tokenizer(prompts(labelled), return_tensors="pt")["input_ids"]
-    ids = dict(zip(DECISIONS, label_token_ids(tokenizer)))
-    return enc, torch.tensor([ids[d] for d in labelled["expected"]])
+    targets = batch["targets"][idx]
+    extra = {k: batch[k][idx] for k in ("attention_mask", "position_ids") if k in batch}
+    logits = model(input_ids=batch["input_ids"][idx], use_cache=False, logits_to_keep=targets.shape[1], **extra).logits
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 def pretrain(
@@ -101,8 +108,13 @@ def pretrain(
     cfg: PretrainConfig | None = None,
     passes: Callable[[object, object], bool] | None = None,
     log: Callable[[str], None] = print,
+    model=None,
+    tokenizer=None,
 ) -> dict:
     """Train the default model on `labelled` rows, in rounds of epochs, until `passes(model, tokenizer)`.
+
+    `model` and `tokenizer` given (any causal LM and its tokenizer), they are trained instead of the
+    default architecture: how tests pre-train small Qwen2 and Llama directories with real tokenizers.
 
     A plain causal-LM loop (next-token cross-entropy on the decision token after the prompt), not
     trl: pre-training from random weights on a one-token completion needs none of SFTTrainer's
@@ -117,9 +129,11 @@ def pretrain(
     out_dir = Path(out_dir)
     work, lock = work_dir(out_dir)  # held while training: `modelsmith home sweep` leaves it alone
     try:
-        tokenizer = train_tokenizer(prompts(labelled))
-        model = build_model(tokenizer, cfg.architecture, cfg.seed)
-        inputs, targets = encode(tokenizer, labelled)
+        if model is None:
+            tokenizer = train_tokenizer(prompts(labelled))
+            model = build_model(tokenizer, cfg.architecture, cfg.seed)
+        batch = encode(tokenizer, labelled)
+        targets = batch["targets"]
         gen = torch.Generator().manual_seed(cfg.seed)
         steps_per_epoch = -(-len(targets) // cfg.batch_size)
         total = steps_per_epoch * cfg.epochs_per_round * cfg.schedule_rounds
@@ -135,8 +149,7 @@ def pretrain(
                 order = torch.randperm(len(targets), generator=gen)
                 for start in range(0, len(order), cfg.batch_size):
                     idx = order[start:start + cfg.batch_size]
-                    logits = model(input_ids=inputs[idx], use_cache=False, logits_to_keep=1).logits[:, -1, :]
-                    step_loss = torch.nn.functional.cross_entropy(logits, targets[idx])
+                    step_loss = label_loss(model, batch, idx)
                     step_loss.backward()
                     opt.step()
                     sched.step()

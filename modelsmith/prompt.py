@@ -14,11 +14,15 @@ threshold on an edge is learnable exactly: see `tests/unit/model/test_prompt.py`
 that two rows with one prompt never get two labels under either shipped policy). Text fields
 (domain, keywords, title) are left out: the policy decides on the domain list, not the domain.
 
-Each decision is one added token, so scoring the label set is one forward pass.
+The default model's tokenizer makes each decision one added token. A user's LLM reads the same
+features as readable text (`PromptFormat` "text": one `name: value` line per feature inside a
+template, wrapped in the tokenizer's chat template when it has one), and its tokenizer splits a
+decision into several tokens; `modelsmith.label_scoring` scores both the same way.
 """
 
 import bisect
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +117,99 @@ def prompts(features: pl.DataFrame) -> list[str]:
     return [" ".join(prompt_words(row)) for row in features.select(PROMPT_COLUMNS).iter_rows(named=True)]
 
 
+TEXT_TEMPLATE = (
+    "Decide the bid for this programmatic ad request under the bidding policy.\n"
+    "{features}\n"
+    "Answer with exactly one of: {labels}."
+)
+MASKED_VALUE = "[masked]"  # a text prompt's stand-in for a hidden feature (traces' attributions)
+TEMPLATE_ENV = "MODELSMITH_PROMPT_TEMPLATE"  # a file holding a template with {features} and {labels}
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a feature row becomes the text a model reads.
+
+    `compact` (the default model): the `key=value` words joined by spaces, one token each.
+    `text` (any other tokenizer): `template` with `{features}` (one `name: value` line per feature)
+    and `{labels}`; with `chat` the result is the user turn of the tokenizer's chat template, ending
+    with the generation prompt, so the decision is the assistant's answer.
+    """
+
+    kind: str = "compact"
+    template: str = TEXT_TEMPLATE
+    chat: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("compact", "text"):
+            raise ValueError(f"prompt format kind must be 'compact' or 'text', not {self.kind!r}")
+        if self.kind == "text" and "{features}" not in self.template:
+            raise ValueError("a text prompt template must contain {features}")
+
+    @property
+    def add_special_tokens(self) -> bool:
+        """A chat template writes its own special tokens; the other formats get the tokenizer's (BOS)."""
+        return not self.chat
+
+    def mask_word(self, word: str, unk_token: str) -> str:
+        """A feature's word with its value hidden: the unknown token in a compact prompt, `[masked]` in text."""
+        return unk_token if self.kind == "compact" else f"{word.split('=', 1)[0]}={MASKED_VALUE}"
+
+    def user_text(self, words: list[str]) -> str:
+        if self.kind == "compact":
+            return " ".join(words)
+        lines = []
+        for feature, word in zip(PROMPT_FEATURES, words, strict=True):
+            value = word.split("=", 1)[1]
+            lines.append(f"{feature.column.replace('_', ' ')}: {value.replace('_', ' ')}")
+        return self.template.replace("{features}", "\n".join(lines)).replace("{labels}", ", ".join(LABEL_TOKENS))
+
+
+COMPACT = PromptFormat()
+
+
+def format_for(tokenizer) -> PromptFormat:
+    """The prompt format a tokenizer reads: compact when it knows the compact words and labels as tokens, else text.
+
+    The text template is `MODELSMITH_PROMPT_TEMPLATE` (a file) when set, else `TEXT_TEMPLATE`; training and
+    inference of one model must use the same one.
+    """
+    vocab = tokenizer.get_vocab()
+    if all(w in vocab for w in (*LABEL_TOKENS, "inv=app", "vert=Unknown")):
+        return COMPACT
+    template = TEXT_TEMPLATE
+    if os.environ.get(TEMPLATE_ENV):
+        path = Path(os.environ[TEMPLATE_ENV]).expanduser()
+        try:
+            template = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ValueError(f"{TEMPLATE_ENV}={path}: cannot read the prompt template ({e.strerror})") from e
+    return PromptFormat("text", template, chat=bool(getattr(tokenizer, "chat_template", None)))
+
+
+def render(tokenizer, fmt: PromptFormat, word_lists: list[list[str]]) -> list[str]:
+    """Prompt texts for lists of prompt words; the chat template is rendered once and filled per row."""
+    texts = [fmt.user_text(words) for words in word_lists]
+    if not fmt.chat:
+        return texts
+    hole = "\x00FEATURES\x00"
+    frame = tokenizer.apply_chat_template([{"role": "user", "content": hole}], tokenize=False,
+                                          add_generation_prompt=True)
+    before, after = frame.split(hole, 1)
+    return [before + t + after for t in texts]
+
+
+def model_prompts(tokenizer, features: pl.DataFrame, fmt: PromptFormat | None = None) -> list[str]:
+    """Every row of a feature table as the prompt text this tokenizer's model reads."""
+    fmt = fmt or format_for(tokenizer)
+    if fmt.kind == "compact":
+        return prompts(features)
+    missing = [c for c in PROMPT_COLUMNS if c not in features.columns]
+    if missing:
+        raise ValueError(f"the feature table lacks prompt column(s) {missing}")
+    return render(tokenizer, fmt, [prompt_words(r) for r in features.select(PROMPT_COLUMNS).iter_rows(named=True)])
+
+
 def known_vocabulary() -> list[str]:
     """Every word the prompt format can produce for known values (the rest is learnt from a corpus)."""
     return [w for f in PROMPT_FEATURES for w in f.vocabulary()]
@@ -149,11 +246,12 @@ def _with_known(corpus: Iterable[str]) -> Iterable[str]:
 
 
 def label_token_ids(tokenizer) -> list[int]:
-    """The ids of the decision tokens, in DECISIONS order; refuses a tokenizer that splits a label."""
-    ids = []
-    for label in LABEL_TOKENS:
-        pieces = tokenizer.encode(label, add_special_tokens=False)
-        if len(pieces) != 1:
-            raise ValueError(f"the tokenizer splits the label {label!r} into {len(pieces)} tokens; each label must be one")
-        ids.append(pieces[0])
-    return ids
+    """The ids of the decision tokens, in DECISIONS order, for a tokenizer with one token per label (the default's)."""
+    from modelsmith.label_scoring import label_sequences
+
+    seqs = label_sequences(tokenizer)
+    split = [(label, len(s)) for label, s in zip(LABEL_TOKENS, seqs, strict=True) if len(s) != 1]
+    if split:
+        raise ValueError(f"the tokenizer splits the label(s) {split} into several tokens; "
+                         "score them with modelsmith.label_scoring.LabelScorer")
+    return [s[0] for s in seqs]

@@ -2,7 +2,8 @@
 
 A trace row is the feature row, the expected and predicted decisions, the label probabilities,
 and one attribution per prompt feature: leave-one-feature-out, the drop in the probability of the
-predicted label when that feature's word is replaced by the tokenizer's unknown token. A feature
+predicted label when that feature is hidden (its word replaced by the tokenizer's unknown token in a
+compact prompt, its value by `[masked]` in a text prompt). A feature
 the decision hinges on has a large attribution. Passing rows of the same segment come along for
 contrast (`failed` = False), so a critic can compare the two.
 """
@@ -11,7 +12,7 @@ import numpy as np
 import polars as pl
 
 from modelsmith.pins import PinSet
-from modelsmith.prompt import LABEL_TOKENS, PROMPT_COLUMNS, PROMPT_FEATURES, prompt_words
+from modelsmith.prompt import LABEL_TOKENS, PROMPT_COLUMNS, PROMPT_FEATURES, prompt_words, render
 
 ATTR_PREFIX = "attr_"
 
@@ -22,21 +23,28 @@ def attributions(engine, rows: pl.DataFrame) -> np.ndarray:
         return np.zeros((0, len(PROMPT_FEATURES)))
     import torch
 
+    fmt = engine.scorer.format
     unk = engine.tokenizer.unk_token or "<unk>"
     words = [prompt_words(r) for r in rows.select(PROMPT_COLUMNS).iter_rows(named=True)]
-    variants = [" ".join(w) for w in words]
+    variants = list(words)
     for w in words:
         for i in range(len(w)):
-            variants.append(" ".join(w[:i] + [unk] + w[i + 1:]))
+            variants.append(w[:i] + [fmt.mask_word(w[i], unk)] + w[i + 1:])
+    texts = render(engine.tokenizer, fmt, variants)
     probs, batch = [], 256  # throughput, not the serving micro-batch: no latency is measured here
     with torch.inference_mode():
-        for start in range(0, len(variants), batch):
-            probs.append(engine._forward(variants[start:start + batch]).cpu().numpy())
+        for start in range(0, len(texts), batch):
+            probs.append(np.asarray(_numpy(engine.label_probabilities(texts[start:start + batch]))))
     p = np.concatenate(probs)
     n, k = len(words), len(PROMPT_FEATURES)
     full, masked = p[:n], p[n:].reshape(n, k, len(LABEL_TOKENS))
     chosen = full.argmax(axis=1)
     return full[np.arange(n), chosen][:, None] - masked[np.arange(n), :, chosen]
+
+
+def _numpy(probabilities):
+    """Engines return a torch tensor (transformers) or an array (vLLM)."""
+    return probabilities.cpu().numpy() if hasattr(probabilities, "cpu") else probabilities
 
 
 def failure_traces(engine, predictions: pl.DataFrame, pins: PinSet, regressed: list[str],

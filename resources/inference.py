@@ -12,10 +12,15 @@ of 4 keeps the default model and its adapters well inside the pins' 10 ms p99 bu
 cores (`benchmarks/latency/`). Adapters are attached once by digest and hot-swapped on one loaded
 base model (`use(digest)`); the base is never reloaded.
 
-- `TransformersEngine` (default; CPU or CUDA): one batched forward pass, and the next-token logits
-  restricted to the label tokens (constrained decoding): no free generation on the hot path.
-- `VllmEngine` (CUDA, the `gpu` extra): LoRA requests and `allowed_token_ids` restricted to the
-  labels. Without CUDA or vLLM it is unavailable with a reason (`vllm_unavailable_reason`).
+Both engines share one interface: `decide(features)` for pins and `label_probabilities(texts)` for
+traces (prompt texts in, one probability per label out). A label's score is its log-likelihood
+after the prompt (`modelsmith.label_scoring`), so any tokenizer works; no free generation.
+
+- `TransformersEngine` (default; CPU or CUDA): one batched forward pass per micro-batch, every
+  label's tokens scored together after the shared prompt.
+- `VllmEngine` (CUDA, the `gpu` extra): each prompt + label scored with `prompt_logprobs`, LoRA
+  adapters as `LoRARequest`s. Without CUDA or vLLM it is unavailable with a reason
+  (`vllm_unavailable_reason`).
 """
 
 import time
@@ -28,7 +33,8 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from modelsmith.prompt import LABEL_TOKENS, label_token_ids, prompts
+from modelsmith.label_scoring import LabelScorer
+from modelsmith.prompt import LABEL_TOKENS, model_prompts
 
 
 @dataclass
@@ -76,13 +82,10 @@ class TransformersEngine:
                                    ("cpu" if device == "auto" else device))
         self.model_dir = str(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.padding_side = "left"
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.base = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).to(self.device).eval()
+        self.scorer = LabelScorer.for_tokenizer(self.tokenizer)
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.base = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype).to(self.device).eval()
         self.model = self.base
-        self.label_ids = torch.tensor(label_token_ids(self.tokenizer), device=self.device)
         self.batch_size = batch_size
         self.adapters: dict[str, str] = {}
         self.active: str | None = None
@@ -90,15 +93,13 @@ class TransformersEngine:
     @classmethod
     def from_loaded(cls, model, tokenizer, batch_size: int = 64) -> "TransformersEngine":
         """An engine over a model already in memory (the pretraining loop checks pins with it)."""
-        import torch
-
         self = cls.__new__(cls)
         self.device = next(model.parameters()).device
         self.model_dir = ""
         self.tokenizer = tokenizer
-        self.tokenizer.padding_side = "left"
+        self.scorer = LabelScorer.for_tokenizer(tokenizer)
+        self.dtype = next(model.parameters()).dtype
         self.base = self.model = model.eval()
-        self.label_ids = torch.tensor(label_token_ids(tokenizer), device=self.device)
         self.batch_size, self.adapters, self.active = batch_size, {}, None
         return self
 
@@ -136,27 +137,22 @@ class TransformersEngine:
             self.model.set_adapter(digest)
         self.active = digest
 
-    def _forward(self, texts: list[str]):
+    def label_probabilities(self, texts: list[str]):
+        """(rows, labels) probabilities of each decision after each prompt text: one forward pass (a torch tensor)."""
         import contextlib
 
         import torch
 
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True)
-        input_ids = enc["input_ids"].to(self.device)
-        mask = enc["attention_mask"].to(self.device)
-        kwargs = {}
-        if not bool(mask.all()):  # prompts of unequal length (a user's tokenizer): left padding
-            kwargs = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        inputs = self.scorer.model_inputs(texts, device=self.device, dtype=self.dtype)
         off = self.model.disable_adapter() if (self.adapters and self.active is None) else contextlib.nullcontext()
         with off:
-            out = self.model(input_ids=input_ids, use_cache=False, logits_to_keep=1, **kwargs)
-        logits = out.logits[:, -1, :].index_select(-1, self.label_ids).float()
-        return torch.softmax(logits, dim=-1)
+            out = self.model(**inputs, use_cache=False, logits_to_keep=self.scorer.keep)
+        return torch.softmax(self.scorer.log_likelihoods(out.logits[:, -self.scorer.keep:, :]), dim=-1)
 
     def decide(self, features: pl.DataFrame) -> Decisions:
         import torch
 
-        texts = prompts(features)
+        texts = model_prompts(self.tokenizer, features, self.scorer.format)
         probs = np.zeros((len(texts), len(LABEL_TOKENS)), dtype=np.float64)
         latency = np.zeros(len(texts), dtype=np.float64)
         wall = np.zeros(len(texts), dtype=np.float64)
@@ -165,7 +161,7 @@ class TransformersEngine:
             for start in range(0, len(texts), self.batch_size):
                 stop = min(start + self.batch_size, len(texts))
                 t0, c0 = time.perf_counter(), time.thread_time()
-                p = self._forward(texts[start:stop]).cpu().numpy()
+                p = self.label_probabilities(texts[start:stop]).cpu().numpy()
                 wall[start:stop] = (time.perf_counter() - t0) * 1e3
                 latency[start:stop] = (time.thread_time() - c0) * 1e3 if on_thread else wall[start:stop]
                 probs[start:stop] = p
@@ -188,11 +184,17 @@ def vllm_unavailable_reason() -> str | None:
 
 
 class VllmEngine:
-    """vLLM on CUDA: LoRA adapters as per-request `LoRARequest`s, decoding restricted to the label tokens."""
+    """vLLM on CUDA: each label scored after the prompt with `prompt_logprobs`, adapters as `LoRARequest`s.
+
+    Every row becomes one sequence per label (prompt + label tokens); prefix caching computes the shared
+    prompt once. The label's log-likelihood is the sum of its tokens' prompt log-probabilities, the
+    same quantity the transformers engine reads, so both engines decide alike (`scripts/gpu_check.sh`
+    measures the agreement).
+    """
 
     name = "vllm"
 
-    def __init__(self, model_dir: str | Path, batch_size: int = 1024, max_loras: int = 4, gpu_memory_utilization: float = 0.5):
+    def __init__(self, model_dir: str | Path, batch_size: int = 256, max_loras: int = 4, gpu_memory_utilization: float = 0.5):
         reason = vllm_unavailable_reason()
         if reason:
             raise RuntimeError(reason)
@@ -201,9 +203,9 @@ class VllmEngine:
 
         self.model_dir = str(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.label_ids = label_token_ids(self.tokenizer)
+        self.scorer = LabelScorer.for_tokenizer(self.tokenizer)
         self.llm = LLM(model=self.model_dir, enable_lora=True, max_loras=max_loras, max_lora_rank=64,
-                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=True)
+                       gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True)
         self.batch_size = batch_size
         self.adapters: dict[str, tuple[int, str]] = {}
         self.active: str | None = None
@@ -217,30 +219,39 @@ class VllmEngine:
             raise KeyError(f"adapter {digest} is not attached; attach_adapter() it first")
         self.active = digest
 
-    def decide(self, features: pl.DataFrame) -> Decisions:
-        from vllm import SamplingParams
+    def label_probabilities(self, texts: list[str]) -> np.ndarray:
+        """(rows, labels) probabilities of each decision after each prompt text."""
+        from vllm import SamplingParams, TokensPrompt
         from vllm.lora.request import LoRARequest
 
-        params = SamplingParams(max_tokens=1, temperature=0.0, allowed_token_ids=self.label_ids,
-                                logprobs=len(self.label_ids))
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         lora = None
         if self.active is not None:
             lora_id, path = self.adapters[self.active]
             lora = LoRARequest(self.active[:16], lora_id, path)
-        texts = prompts(features)
+        labels = self.scorer.labels
+        requests = [TokensPrompt(prompt_token_ids=list(p) + seq)
+                    for p in self.scorer.prompt_ids(texts) for seq in labels]
+        outputs = self.llm.generate(requests, params, lora_request=lora, use_tqdm=False)
+        loglik = np.zeros((len(texts), len(labels)))
+        for n, out in enumerate(outputs):
+            i, j = divmod(n, len(labels))
+            seq = labels[j]
+            tail = out.prompt_logprobs[-len(seq):]
+            loglik[i, j] = sum(step[t].logprob for step, t in zip(tail, seq, strict=True))
+        loglik -= loglik.max(axis=1, keepdims=True)
+        p = np.exp(loglik)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def decide(self, features: pl.DataFrame) -> Decisions:
+        texts = model_prompts(self.tokenizer, features, self.scorer.format)
         probs = np.zeros((len(texts), len(LABEL_TOKENS)))
         latency = np.zeros(len(texts))
         for start in range(0, len(texts), self.batch_size):
             stop = min(start + self.batch_size, len(texts))
             t0 = time.perf_counter()
-            outputs = self.llm.generate(texts[start:stop], params, lora_request=lora, use_tqdm=False)
+            probs[start:stop] = self.label_probabilities(texts[start:stop])
             latency[start:stop] = (time.perf_counter() - t0) * 1e3
-            for i, out in enumerate(outputs):
-                lp = out.outputs[0].logprobs[0] if out.outputs[0].logprobs else {}
-                row = np.array([np.exp(lp[t].logprob) if t in lp else 0.0 for t in self.label_ids])
-                if row.sum() == 0:  # only the sampled token came back
-                    row[self.label_ids.index(out.outputs[0].token_ids[0])] = 1.0
-                probs[start + i] = row / row.sum()
         return Decisions([LABEL_TOKENS[i] for i in probs.argmax(axis=1)], probs, latency)
 
 

@@ -60,10 +60,12 @@ def flops_per_decision(engine, rows) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    texts = __import__("modelsmith.prompt", fromlist=["prompts"]).prompts(rows)
+    from modelsmith.prompt import model_prompts
+
+    texts = model_prompts(engine.tokenizer, rows)
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
-        engine._forward(texts)
+        engine.label_probabilities(texts)
     return counter.get_total_flops() / len(texts)
 
 

@@ -44,15 +44,16 @@ def test_bucket_edges_keep_policy_thresholds_exact():
     assert by_key["floor"].word(None) == "floor=none"
 
 
-def test_a_tokenizer_that_splits_a_label_is_refused():
-    from transformers import AutoTokenizer  # noqa: F401
+def test_label_token_ids_is_only_for_one_token_labels_and_says_what_scores_the_others():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    raw = Tokenizer(models.WordLevel({"<unk>": 0, "no_bid": 1, ":": 2, "mfa": 3}, unk_token="<unk>"))
+    vocab = {"<unk>": 0, "no_bid": 1, ":": 2, "mfa": 3, "unsafe": 4, "bid": 5, "shade_high": 6, "shade_mid": 7,
+             "shade_low": 8}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Split(":", behavior="isolated")
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
-    with pytest.raises(ValueError, match="splits the label 'no_bid:mfa'"):
+    with pytest.raises(ValueError, match="no_bid:mfa.*LabelScorer"):
         label_token_ids(tok)
 
 

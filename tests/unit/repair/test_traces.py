@@ -50,7 +50,7 @@ def test_attribution_is_the_drop_in_the_predicted_labels_probability(engine, pre
     words = prompt_words(row)
     masked = words[:feature] + [engine.tokenizer.unk_token] + words[feature + 1:]
     with torch.inference_mode():
-        p = engine._forward([" ".join(words), " ".join(masked)]).cpu().numpy()
+        p = engine.label_probabilities([" ".join(words), " ".join(masked)]).cpu().numpy()
     chosen = int(p[0].argmax())
     assert LABEL_TOKENS[chosen] == row["predicted"]
     expected = p[0, chosen] - p[1, chosen]
@@ -59,7 +59,7 @@ def test_attribution_is_the_drop_in_the_predicted_labels_probability(engine, pre
     # every feature of that row, the same way (one batch)
     variants = [" ".join(words[:i] + [engine.tokenizer.unk_token] + words[i + 1:]) for i in range(len(words))]
     with torch.inference_mode():
-        q = engine._forward(variants).cpu().numpy()
+        q = engine.label_probabilities(variants).cpu().numpy()
     np.testing.assert_allclose(a[row_index], p[0, chosen] - q[:, chosen], atol=1e-5)
 
 
