@@ -1,12 +1,29 @@
 """The `modelsmith` command line (click, like Dagster's own CLI)."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from scenario_data.policy import POLICIES_DIR, PolicyError, load_policy
+
+
+class ModelDirUnusable(click.ClickException):
+    """A model directory that cannot be loaded: one line naming the file and the fix, exit status 2."""
+
+    exit_code = 2
+
+
+def _checked(load):
+    """Run `load()`; a model directory it cannot use becomes one line and exit status 2."""
+    from modelsmith.model_dir import ModelDirError
+
+    try:
+        return load()
+    except ModelDirError as e:
+        raise ModelDirUnusable(str(e)) from None
 
 
 @click.group()
@@ -81,6 +98,10 @@ def loop(as_json: bool, replay_dir: str | None, policy_path: str | None) -> None
     from scenario_data.policy import POLICIES_DIR
 
     home = modelsmith_home()
+    if os.environ.get("MODELSMITH_BASE_MODEL"):
+        from modelsmith.model_dir import check_model_dir
+
+        _checked(lambda: check_model_dir(os.environ["MODELSMITH_BASE_MODEL"]))
     defs = build_definitions("embedded")
     passes = [Path(policy_path)] if policy_path else [POLICIES_DIR / "v1.yaml", POLICIES_DIR / "v2.yaml"]
     results = []
@@ -186,12 +207,12 @@ def pins_run(model_dir: Path, adapter_dir: Path | None, policy_path: str, scenar
     labelled = _labelled(scenario_file, _policy(policy_path))
     reference, reference_name = None, "none"
     if against_dir is not None:
-        other = load_engine(against_dir, engine, batch_size=batch_size)
+        other = _checked(lambda: load_engine(against_dir, engine, batch_size=batch_size))
         decided = other.decide(labelled).to_frame().with_columns(labelled["row_id"])
         reference = reference_from_predictions(decided, labelled)
         reference_name = f"{against_dir} ({directory_digest(against_dir)[:16]})"
         del other
-    eng = load_engine(model_dir, engine, batch_size=batch_size)
+    eng = _checked(lambda: load_engine(model_dir, engine, batch_size=batch_size))
     version = directory_digest(model_dir)
     if adapter_dir is not None:
         version = directory_digest(adapter_dir)

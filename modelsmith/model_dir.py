@@ -44,6 +44,38 @@ def directory_digest(directory: Path) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
+class ModelDirError(ValueError):
+    """A model directory that cannot be loaded; the message names the file and the fix."""
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def check_model_dir(path: str | Path) -> Path:
+    """Refuse, in one line, a directory `from_pretrained` would fail on with a long traceback."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise ModelDirError(f"{path}: no such directory; give a Hugging Face model directory "
+                            "(config.json, weights, tokenizer files)")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelDirError(f"{config_file} not found: not a Hugging Face model directory; "
+                            "write one with model.save_pretrained(DIR)")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelDirError(f"{config_file} is not valid JSON ({e}); restore it from the model's original files") from None
+    if not isinstance(config, dict) or not config.get("model_type"):
+        raise ModelDirError(f"{config_file} names no model_type; restore it from the model's original files")
+    if not (any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))):
+        raise ModelDirError(f"{path}: no weights (model.safetensors or pytorch_model.bin); "
+                            "write them with model.save_pretrained(DIR)")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelDirError(f"{path}: no tokenizer ({' or '.join(TOKENIZER_FILES[:2])}); save the model's tokenizer "
+                            "beside its weights with tokenizer.save_pretrained(DIR)")
+    return path
+
+
 def short(digest: str) -> str:
     """The name a partition key and a UI show: 16 hex digits are plenty to tell versions apart."""
     return digest[:16]

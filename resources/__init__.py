@@ -21,7 +21,9 @@ def resources_for(env: str, root: Path | None = None) -> dict[str, dg.Configurab
     """Resources for `embedded` (the default: no network, no GPU, no secrets) or `production`."""
     if env == "embedded":
         return {"storage": LocalStorage(root=str(root) if root else ""), "scenarios": ScenarioSettings(),
-                "model": ModelSettings(), "inference": InferenceSettings(), "critic": CriticSettings(),
+                # a user's own model directory works here too; empty builds the embedded default
+                "model": ModelSettings(base_model_dir=os.environ.get("MODELSMITH_BASE_MODEL", "")),
+                "inference": InferenceSettings(), "critic": CriticSettings(),
                 "signer": SignerSettings(key_dir=str(Path(root) / "keys") if root else ""), "trainer": TrainerSettings()}
     if env == "production":
         return {

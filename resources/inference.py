@@ -33,7 +33,8 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from modelsmith.label_scoring import LabelScorer
+from modelsmith.label_scoring import LabelError, LabelScorer
+from modelsmith.model_dir import ModelDirError, check_model_dir
 from modelsmith.prompt import LABEL_TOKENS, model_prompts
 
 
@@ -57,6 +58,21 @@ class Decisions:
         )
 
 
+def load_tokenizer(model_dir: str) -> tuple[object, LabelScorer]:
+    """The directory's tokenizer and its label scorer; a tokenizer that cannot score the decisions is refused by name."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as e:
+        raise ModelDirError(f"{model_dir}: the tokenizer does not load ({str(e).splitlines()[0]}); "
+                            "save it with tokenizer.save_pretrained(DIR)") from None
+    try:
+        return tokenizer, LabelScorer.for_tokenizer(tokenizer)
+    except LabelError as e:
+        raise ModelDirError(f"{model_dir}: {e}") from None
+
+
 class InferenceEngine(Protocol):
     name: str
 
@@ -74,17 +90,20 @@ class TransformersEngine:
 
     def __init__(self, model_dir: str | Path, device: str = "auto", batch_size: int = 4, threads: int = 0):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         # Small matmuls on a shared CPU: one thread unless told otherwise (a second mostly waits, measured here).
         torch.set_num_threads(threads or 1)
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if device == "auto" else device))
-        self.model_dir = str(model_dir)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.scorer = LabelScorer.for_tokenizer(self.tokenizer)
+        self.model_dir = str(check_model_dir(model_dir))
+        self.tokenizer, self.scorer = load_tokenizer(self.model_dir)
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.base = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype).to(self.device).eval()
+        try:
+            self.base = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype).to(self.device).eval()
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise ModelDirError(f"{self.model_dir}: the weights do not load ({str(e).splitlines()[0][:200]}); "
+                                "write them with model.save_pretrained(DIR)") from None
         self.model = self.base
         self.batch_size = batch_size
         self.adapters: dict[str, str] = {}
@@ -198,12 +217,10 @@ class VllmEngine:
         reason = vllm_unavailable_reason()
         if reason:
             raise RuntimeError(reason)
-        from transformers import AutoTokenizer
         from vllm import LLM
 
-        self.model_dir = str(model_dir)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.scorer = LabelScorer.for_tokenizer(self.tokenizer)
+        self.model_dir = str(check_model_dir(model_dir))
+        self.tokenizer, self.scorer = load_tokenizer(self.model_dir)
         self.llm = LLM(model=self.model_dir, enable_lora=True, max_loras=max_loras, max_lora_rank=64,
                        gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True)
         self.batch_size = batch_size

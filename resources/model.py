@@ -6,6 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from modelsmith.base_model import PretrainConfig
+from modelsmith.model_dir import check_model_dir
 
 
 class ModelSettings(dg.ConfigurableResource):
@@ -27,10 +28,7 @@ class ModelSettings(dg.ConfigurableResource):
     def user_model(self) -> Path | None:
         if not self.base_model_dir:
             return None
-        path = Path(self.base_model_dir).expanduser()
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"base_model_dir {path}: not a Hugging Face model directory (no config.json)")
-        return path
+        return check_model_dir(self.base_model_dir)
 
     def pretrain_config(self) -> PretrainConfig:
         return PretrainConfig(seed=self.build_seed, max_rounds=self.max_rounds)
