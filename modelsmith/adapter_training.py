@@ -22,6 +22,7 @@ from pathlib import Path
 import polars as pl
 
 from modelsmith.atomic import replace_dir, work_dir
+from modelsmith.model_card import adapter_card, make_portable, write_card
 from modelsmith.model_dir import directory_digest
 
 
@@ -183,11 +184,13 @@ def _grpo(model, tokenizer, train_rows: pl.DataFrame, settings: GrpoSettings, se
 
 
 def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: AdapterRecipe | None = None,
-                  log: Callable[[str], None] = print) -> dict:
+                  log: Callable[[str], None] = print, about: dict | None = None) -> dict:
     """Train a LoRA adapter on `rows` (labelled synthetic rows with `source`) and save it to `out_dir`.
 
     SFT always; GRPO after it when the recipe asks, kept only when it does not lower held-out target
     accuracy and costs the other rows at most `grpo.tolerance` (else the SFT weights are saved).
+    The adapter names its base by digest (`model_card.make_portable`) and carries a model card;
+    `about` (cycle, dataset digest, policy, hypothesis, base digest) fills the card.
     """
     import torch
     from peft import LoraConfig
@@ -283,13 +286,16 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
             if isinstance(cfg.target_modules, set):
                 cfg.target_modules = sorted(cfg.target_modules)
         tuned.save_pretrained(adapter_dir, safe_serialization=True)
+        summary = {"stages": stages_run, "requested_stages": list(recipe.stages), "grpo": grpo_summary,
+                   "qlora": on_gpu, "precision": "4-bit NF4 base (QLoRA)" if on_gpu else f"fp32 ({why_not})",
+                   "best_epoch": best["epoch"], "heldout": best["accuracy"], "history": history,
+                   "heldout_others_before": baseline, "train_rows": train_rows.height, "heldout_rows": held.height,
+                   "final_loss": losses[-1] if losses else None, "recipe": asdict(recipe)}
+        about = {"base_digest": directory_digest(Path(base_dir)), **(about or {})}
+        make_portable(adapter_dir, about["base_digest"])
+        write_card(adapter_dir, adapter_card(summary, about))
         replace_dir(adapter_dir, out_dir)  # never a half-deleted old adapter or a half-written new one at out_dir
     finally:
         shutil.rmtree(work, ignore_errors=True)
         os.close(lock)
-    return {"stages": stages_run, "requested_stages": list(recipe.stages), "grpo": grpo_summary,
-            "qlora": on_gpu, "precision": "4-bit NF4 base (QLoRA)" if on_gpu else f"fp32 ({why_not})",
-            "best_epoch": best["epoch"], "heldout": best["accuracy"], "history": history,
-            "heldout_others_before": baseline,
-            "train_rows": train_rows.height, "heldout_rows": held.height, "final_loss": losses[-1] if losses else None,
-            "recipe": asdict(recipe), "digest": directory_digest(out_dir)}
+    return {**summary, "base_digest": about["base_digest"], "digest": directory_digest(out_dir)}

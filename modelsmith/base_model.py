@@ -279,5 +279,8 @@ def build_default(models_dir: Path, cfg: PretrainConfig, pack_size: int = 10_000
             f"lowest pin {u['min_pin_accuracy']:.4f}, under a floor: {', '.join(u['pins_under_floor']) or 'none'}")
     record = {**summary, "build_key": key, "policy_digest": v1.digest, "pins_digest": pins.digest,
               "pack_size": pack_size, "unseen": unseen}
+    from modelsmith.model_card import base_card, write_card
+
+    write_card(out_dir, base_card(record))  # documentation: not part of the directory's digest
     write_text(record_path, json.dumps(record, indent=2))
     return out_dir, {**record, "reused": False}

@@ -8,6 +8,7 @@ can be re-run on its own from the UI.
 """
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -18,6 +19,7 @@ from modelsmith.critics import CriticInput
 from modelsmith.delta import benchmark_delta_for
 from modelsmith.diagnosis import diagnosis_from_dict
 from modelsmith.evaluate import markdown_table
+from modelsmith.model_card import adapter_card, write_card
 from modelsmith.model_dir import Registry, directory_digest
 from modelsmith.pins import PinSet
 from modelsmith.synthesis import anchor_to_champion, check_disjoint, synthesis_seed, synthesise
@@ -170,7 +172,12 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         diag = diagnosis_from_dict(storage.get_json(f"cycles/{key}/diagnosis.json"))
         rows = pl.read_parquet(home / "datasets" / key / "rows.parquet")
         work = home / "adapters" / f".cycle-{key}"
-        summary = train_adapter(base.path, rows, work, trainer.recipe(diag.recipe.stages), log=context.log.info)
+        lineage = json.loads((home / "datasets" / key / "lineage.json").read_text())
+        about = {"cycle": key, "base_digest": base.digest, "dataset_digest": f"merkle:{lineage['root']}",
+                 "policy_digest": cycle["policy_digest"], "hypothesis": diag.hypothesis,
+                 "sources": dict(rows.group_by("source").len().iter_rows())}
+        summary = train_adapter(base.path, rows, work, trainer.recipe(diag.recipe.stages), log=context.log.info,
+                                about=about)
         final = home / "adapters" / short(summary["digest"])
         if final.is_dir() and directory_digest(final) == summary["digest"]:
             shutil.rmtree(work)  # a re-run trained the same bytes: keep the published copy (it may be the champion)
@@ -186,7 +193,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         version = registry.register(final, "adapter", base=base.digest, digest=summary["digest"])
         context.instance.add_dynamic_partitions("model_versions", [version.key])
         storage.put_json(f"cycles/{key}/adapter.json", {**summary, "model_version": version.digest,
-                                                         "path": str(final)})
+                                                         "path": str(final), "about": about})
         history = pl.DataFrame(summary["history"])
         return dg.MaterializeResult(metadata={
             "model_version": version.digest, "partition_key": version.key, "base": base.digest,
@@ -227,6 +234,9 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         frame = pl.DataFrame(delta["pins"])
         write_with(path, lambda tmp: frame.write_parquet(tmp))
         storage.put_json(f"cycles/{key}/benchmark_delta.json", delta)
+        adapter_info = storage.get_json(f"cycles/{key}/adapter.json")
+        if "about" in adapter_info:  # the card gains the pins before and after (the card is not in the digest)
+            write_card(Path(adapter_info["path"]), adapter_card(adapter_info, adapter_info["about"], delta))
         shown = frame.select("pin", "rows", "before", "after", "delta", "p_adjusted", "p99_before_ms", "p99_after_ms",
                              "status", "notes")
         return dg.MaterializeResult(metadata={

@@ -175,3 +175,43 @@ def test_pins_run_on_an_llm_directory(qwen2, tmp_path):
     result = _pins_run(qwen2, tmp_path)
     assert result.exit_code in (0, 1), result.output  # 1: a pin failed, which this small model may well do
     assert "Traceback" not in result.output and "all" in result.output
+
+
+def test_an_adapters_digest_does_not_depend_on_where_its_base_lives(qwen2, pack, tmp_path):
+    import json
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from modelsmith.adapter_training import AdapterRecipe, SftSettings, train_adapter
+    from modelsmith.model_dir import directory_digest
+
+    elsewhere = _copy(qwen2, tmp_path / "another" / "place" / "base")
+    rows = pack.head(200).with_columns(
+        pl.when(pl.col("inventory_type") == "app").then(pl.lit("target")).otherwise(pl.lit("replay")).alias("source"))
+    recipe = AdapterRecipe(sft=SftSettings(epochs=1, batch_size=16))
+    about = {"cycle": "c-test", "dataset_digest": "merkle:abc", "policy_digest": "p" * 64, "hypothesis": "apps"}
+    here = train_adapter(qwen2, rows, tmp_path / "a1", recipe, log=lambda _: None, about=about)
+    there = train_adapter(elsewhere, rows, tmp_path / "a2", recipe, log=lambda _: None, about=about)
+    assert here["digest"] == there["digest"]
+    assert here["base_digest"] == directory_digest(qwen2)
+    config = json.loads((tmp_path / "a1" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == f"sha256:{here['base_digest']}"
+    for f in (tmp_path / "a1").iterdir():
+        assert str(qwen2) not in f.read_text(errors="ignore"), f"{f.name} names the base's path"
+    card = (tmp_path / "a1" / "README.md").read_text()
+    for needed in ("license: apache-2.0", "merkle:abc", "c-test", "held-out accuracy", '"r": 8', "## Pins before and after"):
+        assert needed in card, needed
+    # plain peft on "another machine": the base from its own directory, the adapter from the bundle's copy
+    engine = TransformersEngine(qwen2)
+    engine.attach_adapter(here["digest"], tmp_path / "a1")
+    engine.use(here["digest"])
+    texts = model_prompts(engine.tokenizer, pack.tail(16))
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(elsewhere), str(tmp_path / "a2")).eval()
+    with torch.inference_mode():
+        ours = engine.label_probabilities(texts).numpy()
+        engine.model = plain
+        engine.adapters = {}
+        theirs = engine.label_probabilities(texts).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
