@@ -86,6 +86,7 @@ class AdapterRecipe:
     # Early stopping on collateral: an epoch whose held-out non-target rows (anchored to the champion)
     # fall more than this below the untrained adapter's is not kept while another epoch stays within it.
     collateral_tolerance: float = 0.01
+    threads: int = 1  # torch CPU threads; 1 was the fastest for the default model on 2 cores (benchmarks/threads)
 
 
 def split_heldout(rows: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -199,7 +200,7 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
 
     recipe = recipe or AdapterRecipe()
     sft = recipe.sft
-    torch.set_num_threads(1)
+    torch.set_num_threads(recipe.threads)
     torch.manual_seed(sft.seed)
     train_rows, held = split_heldout(rows, sft.heldout_fraction, sft.seed)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)

@@ -88,7 +88,9 @@ def ingest(paths: tuple[Path, ...], output: Path, domain_lists: tuple[Path, ...]
               help="Real replay files to ingest with the pack (default: MODELSMITH_HOME/replay)")
 @click.option("--policy", "policy_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="One pass under this policy (activated first) instead of the v1 -> v2 story")
-def loop(as_json: bool, replay_dir: str | None, policy_path: str | None) -> None:
+@click.option("--epochs", type=click.IntRange(1, 1_000), default=None,
+              help="SFT epochs of a repair adapter (TrainerSettings.epochs, default 10): fewer for a big model on a CPU")
+def loop(as_json: bool, replay_dir: str | None, policy_path: str | None, epochs: int | None) -> None:
     """Run the default story headless and stop at the gate: v1 (every pin passes), then v2 (Gaming
     regresses, a repair cycle writes a signed bundle). Same Dagster definitions, one process.
     """
@@ -102,7 +104,9 @@ def loop(as_json: bool, replay_dir: str | None, policy_path: str | None) -> None
         from modelsmith.model_dir import check_model_dir
 
         _checked(lambda: check_model_dir(os.environ["MODELSMITH_BASE_MODEL"]))
-    defs = build_definitions("embedded")
+    from resources import TrainerSettings
+
+    defs = build_definitions("embedded", resources={"trainer": TrainerSettings(epochs=epochs)} if epochs else None)
     passes = [Path(policy_path)] if policy_path else [POLICIES_DIR / "v1.yaml", POLICIES_DIR / "v2.yaml"]
     results = []
     with _instance(home) as instance:

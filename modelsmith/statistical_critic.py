@@ -88,6 +88,11 @@ class StatisticalCritic:
         base_rate = float(pin_errors["pin_errors"][0] / pin_errors["pin_rows"][0])
         implicated = pin_errors.filter((pl.col("ci_low") > base_rate) & (pl.col("coverage") >= MIN_COVERAGE)
                                        & (pl.col("lift") >= MIN_LIFT))
+        if implicated.height == 0:  # mostly failing rows traced (a big regression on coarse pins): lift <= 1/base rate,
+            # so MIN_LIFT may be out of reach; ask for half the lift attainable instead, still significant
+            attainable = 1 + (1 / max(base_rate, 1e-9) - 1) / 2
+            implicated = pin_errors.filter((pl.col("ci_low") > base_rate) & (pl.col("coverage") >= MIN_COVERAGE)
+                                           & (pl.col("lift") >= min(MIN_LIFT, attainable)))
         failing = traces.filter(pl.col("failed") & (pl.col("pin") == target))
         attribution = {f.column: float(failing[f"{ATTR_PREFIX}{f.column}"].abs().mean() or 0.0) for f in PROMPT_FEATURES}
         findings = []

@@ -48,8 +48,12 @@ def _numpy(probabilities):
 
 
 def failure_traces(engine, predictions: pl.DataFrame, pins: PinSet, regressed: list[str],
-                   contrast_rows: int = 1_000, seed: int = 0) -> pl.DataFrame:
+                   contrast_rows: int = 1_000, seed: int = 0, attributed_rows: int = 2_000) -> pl.DataFrame:
     """Failing rows of each regressed pin plus up to `contrast_rows` passing rows of it, with attributions.
+
+    Attributions are computed for at most `attributed_rows` distinct rows (a seeded sample; the rest
+    have none): a change across every segment fails thousands of rows, and a real LLM's text prompt
+    costs far more per pass than the default model's.
 
     `predictions` is a stored pin run's predictions (feature columns, predicted, p_*, correct).
     """
@@ -70,6 +74,8 @@ def failure_traces(engine, predictions: pl.DataFrame, pins: PinSet, regressed: l
         parts.append(both)
     traces = pl.concat(parts) if parts else predictions.clear().with_columns(pl.lit("").alias("pin"), pl.lit(False).alias("failed"))
     unique = traces.unique("row_id", keep="first", maintain_order=True)  # a row of `all` and of its segment pin
+    if unique.height > attributed_rows:  # a seeded sample: each row costs len(PROMPT_FEATURES) + 1 passes
+        unique = unique.sample(attributed_rows, seed=seed).sort("row_id")
     attr = attributions(engine, unique)
     scores = unique.select("row_id").with_columns(
         *(pl.Series(f"{ATTR_PREFIX}{col}", attr[:, i], dtype=pl.Float64) for i, col in enumerate(PROMPT_COLUMNS)))

@@ -10,8 +10,10 @@ from modelsmith_assets.executors import executor_for
 from resources import resources_for
 
 
-def build_definitions(env: str = "embedded", pins_path: str | None = None) -> dg.Definitions:
-    """`pins_path` (default `MODELSMITH_PINS`, else the shipped pins) names the pin file whose pins become checks."""
+def build_definitions(env: str = "embedded", pins_path: str | None = None,
+                      resources: dict[str, dg.ConfigurableResource] | None = None) -> dg.Definitions:
+    """`pins_path` (default `MODELSMITH_PINS`, else the shipped pins) names the pin file whose pins become checks;
+    `resources` replace the environment's by key (`modelsmith loop --epochs` sets the trainer's)."""
     pins = load_pins(pins_path or os.environ.get("MODELSMITH_PINS") or None)
     stages = [scenarios.defs, model.build_model_defs(pins, deps=[scenarios.replayed_auctions]),
               repair.build_repair_defs(pins), gate.gate_defs()]
@@ -19,7 +21,7 @@ def build_definitions(env: str = "embedded", pins_path: str | None = None) -> dg
     return dg.Definitions.merge(
         *stages,
         automation.automation_defs(jobs),
-        dg.Definitions(resources=resources_for(env), executor=executor_for()),
+        dg.Definitions(resources={**resources_for(env), **(resources or {})}, executor=executor_for()),
     )
 
 

@@ -92,7 +92,8 @@ def engine_for(version, registry: Registry, inference: InferenceSettings, champi
     if inference.merge_champion and inference.engine == "transformers" and version.digest == champion:
         from resources.inference import TransformersEngine
 
-        return TransformersEngine.merged(base.path, version.path, inference.device, inference.batch_size)
+        return TransformersEngine.merged(base.path, version.path, inference.device, inference.batch_size,
+                                         inference.threads)
     engine = inference.load(base.path)
     engine.attach_adapter(version.digest, version.path)
     engine.use(version.digest)

@@ -280,16 +280,19 @@ class InferenceSettings(dg.ConfigurableResource):
     batch_size: int = Field(4, ge=1, le=65_536,
                             description="Decisions per micro-batch (forward pass); a decision's latency is its "
                                         "micro-batch's wall time")
+    threads: int = Field(1, ge=1, le=1_024, description="torch CPU threads for inference (1 measured fastest on 2 cores "
+                                                          "for the default model; see benchmarks/threads)")
     merge_champion: bool = Field(False, description="Serve a champion adapter merged into the base weights "
                                                     "(transformers engine); other versions are attached and swapped")
 
     def load(self, model_dir: str | Path) -> InferenceEngine:
-        return load_engine(model_dir, self.engine, self.device, self.batch_size)
+        return load_engine(model_dir, self.engine, self.device, self.batch_size, self.threads)
 
 
-def load_engine(model_dir: str | Path, engine: str = "transformers", device: str = "auto", batch_size: int = 4) -> InferenceEngine:
+def load_engine(model_dir: str | Path, engine: str = "transformers", device: str = "auto", batch_size: int = 4,
+                threads: int = 1) -> InferenceEngine:
     if engine == "transformers":
-        return TransformersEngine(model_dir, device=device, batch_size=batch_size)
+        return TransformersEngine(model_dir, device=device, batch_size=batch_size, threads=threads)
     if engine == "vllm":
         return VllmEngine(model_dir, batch_size=batch_size)
     raise ValueError(f"unknown inference engine {engine!r}; expected 'transformers' or 'vllm'")

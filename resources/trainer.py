@@ -37,6 +37,9 @@ class TrainerSettings(dg.ConfigurableResource):
     grpo_tolerance: float = Field(0.005, ge=0, le=1,
                                   description="Held-out accuracy on other rows GRPO may cost and still be kept")
 
+    threads: int = Field(1, ge=1, le=1_024, description="torch CPU threads for training (1 measured fastest on 2 cores "
+                                                          "for the default model; see benchmarks/threads)")
+
     def recipe(self, stages: tuple[str, ...]) -> AdapterRecipe:
         if self.stages:
             stages = tuple(s.strip() for s in self.stages.split(",") if s.strip())
@@ -51,4 +54,4 @@ class TrainerSettings(dg.ConfigurableResource):
             grpo=GrpoSettings(learning_rate=self.grpo_learning_rate, steps=self.grpo_steps,
                               num_generations=self.grpo_num_generations, temperature=self.grpo_temperature,
                               tolerance=self.grpo_tolerance),
-            replay_weight=self.replay_weight, collateral_tolerance=self.collateral_tolerance)
+            replay_weight=self.replay_weight, collateral_tolerance=self.collateral_tolerance, threads=self.threads)
