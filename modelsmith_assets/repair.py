@@ -20,7 +20,7 @@ from modelsmith.delta import benchmark_delta_for
 from modelsmith.diagnosis import diagnosis_from_dict
 from modelsmith.evaluate import markdown_table
 from modelsmith.model_card import adapter_card, write_card
-from modelsmith.model_dir import Registry, directory_digest
+from modelsmith.model_dir import Registry, directory_digest, file_sha256
 from modelsmith.pins import PinSet
 from modelsmith.synthesis import anchor_to_champion, check_disjoint, synthesis_seed, synthesise
 from modelsmith.traces import ATTR_PREFIX, failure_traces
@@ -172,8 +172,8 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         diag = diagnosis_from_dict(storage.get_json(f"cycles/{key}/diagnosis.json"))
         rows = pl.read_parquet(home / "datasets" / key / "rows.parquet")
         work = home / "adapters" / f".cycle-{key}"
-        lineage = json.loads((home / "datasets" / key / "lineage.json").read_text())
-        about = {"cycle": key, "base_digest": base.digest, "dataset_digest": f"merkle:{lineage['root']}",
+        about = {"cycle": key, "base_digest": base.digest,
+                 "dataset_digest": f"sha256:{file_sha256(home / 'datasets' / key / 'rows.parquet')}",
                  "policy_digest": cycle["policy_digest"], "hypothesis": diag.hypothesis,
                  "sources": dict(rows.group_by("source").len().iter_rows())}
         summary = train_adapter(base.path, rows, work, trainer.recipe(diag.recipe.stages), log=context.log.info,
