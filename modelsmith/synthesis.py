@@ -3,20 +3,13 @@
 Rows come from the scenario generator (its own seed stream, never the pins' pack seed), are
 labelled by the active policy, and are split by the diagnosis's filters: `target` rows match them,
 `replay` rows do not (so the other segments are not forgotten), and `contrast` rows are replay rows
-with the diagnosis's implicated values (near misses: the same layout outside the segment). Up to
-half the near misses are counterfactual twins of target rows with the implicated values: the same
-row with one segment-defining column (a filter column that is not an implicated feature, such as
-the vertical or the inventory type) moved outside the filter, relabelled by the policy. A twin is
-the smallest near miss there is: it differs from a target row only where the segment does, so it
-teaches that the change needs the segment and the cause together (a rule on native ads in Sports
-apps is not a rule on native ads in apps). No row may be a pin scenario: a
+with the diagnosis's implicated values (near misses: the same layout outside the segment). No row may be a pin scenario: a
 row is dropped when its request id or its content (the feature row without identity columns) is
 among the pin scenarios', and `check_disjoint` proves it afterwards.
 """
 
 import hashlib
 import json
-import random
 from dataclasses import dataclass
 
 import polars as pl
@@ -87,63 +80,23 @@ def implicated_mask(rows: pl.DataFrame, implicated: dict[str, tuple[str, ...]]) 
         for r in rows.select([f.column for f in features]).iter_rows(named=True)], dtype=pl.Boolean)
 
 
-TWIN_SHARE = 0.5  # at most this share of the near misses are counterfactual twins; the rest occur naturally
-
-
-def segment_columns(filters: dict[str, dict], implicated: dict[str, tuple[str, ...]] | None) -> list[str]:
-    """The filter columns that define the segment rather than the cause: those no implicated value names."""
-    named = {c for c, values in (implicated or {}).items() if values}
-    return [c for c in filters if c not in named]
-
-
-def counterfactual_twins(hit: pl.DataFrame, pool: pl.DataFrame, filters: dict[str, dict],
-                         implicated: dict[str, tuple[str, ...]] | None, policy: Policy, rng: random.Random
-                         ) -> pl.DataFrame:
-    """Near misses made from target rows: per row with every implicated value, one twin per segment column.
-
-    A twin is the row with that one column set to a value it takes outside the filter (drawn from
-    `pool`, generated rows, so only values the generator makes), relabelled by `policy`; its row id
-    says which row and column it came from. A column whose values all lie inside the filter gives
-    no twin. The result has `hit`'s columns (content digests recomputed).
-    """
-    columns = segment_columns(filters, implicated)
-    source = hit.filter(implicated_mask(hit, implicated or {})) if hit.height and columns else hit.clear()
-    if source.height == 0:
-        return hit.clear()
-    twins = []
-    for column in columns:
-        values = pool.filter(~filter_expr({column: filters[column]}).fill_null(True))[column].drop_nulls().to_list()
-        if not values:
-            continue
-        moved = pl.Series(column, [rng.choice(values) for _ in range(source.height)], dtype=source.schema[column])
-        twins.append(source.with_columns(moved, (pl.col("row_id") + f"~{column}").alias("row_id")))
-    if not twins:
-        return hit.clear()
-    rows = pl.concat(twins).drop(*LABEL_COLUMNS, "content_digest")
-    labelled = policy.label(rows)
-    return labelled.with_columns(content_digests(labelled)).select(hit.columns)
-
-
 def synthesise(spec: SynthesisSpec, policy: Policy, seed: int, pin_scenarios: pl.DataFrame,
                implicated: dict[str, tuple[str, ...]] | None = None,
                batch_requests: int = 5_000, max_requests: int = 400_000) -> SynthesisResult:
     """Generate until `spec.rows` target rows and `spec.rows * replay_ratio` replay rows are found.
 
     With `implicated` values (the diagnosis's findings) and `spec.contrast_share` > 0, that share of
-    the replay rows are near misses: outside the segment, with the implicated values; up to
-    `TWIN_SHARE` of them counterfactual twins of the target rows (`counterfactual_twins`).
+    the replay rows are near misses: outside the segment, with the implicated values.
     """
     want_target = spec.rows
     want_all_replay = int(round(spec.rows * spec.replay_ratio))
     want_contrast = int(round(want_all_replay * spec.contrast_share)) if implicated else 0
     want_replay = want_all_replay - want_contrast
-    want_twins = int(want_contrast * TWIN_SHARE)
-    rng = random.Random(seed)
     pin_ids = set(pin_scenarios["request_id"].to_list())
     pin_content = set(content_digests(pin_scenarios).to_list())
     match = filter_expr(spec.filters)
     target, replay, contrast = [], [], []
-    have_target = have_replay = have_contrast = have_twins = have_near = generated = by_id = by_content = 0
+    have_target = have_replay = have_contrast = generated = by_id = by_content = 0
     index = 0
     seen: set[str] = set()
     while have_target < want_target or have_replay < want_replay or have_contrast < want_contrast:
@@ -165,24 +118,15 @@ def synthesise(spec: SynthesisSpec, policy: Policy, seed: int, pin_scenarios: pl
         seen.update(rows["content_digest"].to_list())
         hit = rows.filter(match).head(want_target - have_target)
         outside = rows.filter(~match)
-        twins = counterfactual_twins(hit, rows, spec.filters, implicated, policy, rng) if want_twins else hit.clear()
-        twins = twins.filter(~pl.col("content_digest").is_in(list(pin_content | seen)))
-        twins = twins.unique("content_digest", keep="first", maintain_order=True).head(want_twins - have_twins)
-        seen.update(twins["content_digest"].to_list())
-        have_twins += twins.height
-        have_target += hit.height
-        # Twins come from target rows: their share stays reserved until every target row is found;
-        # then natural near misses fill whatever the twins left.
-        reserved = have_twins if have_target >= want_target else max(have_twins, want_twins)
         near = outside.filter(implicated_mask(outside, implicated or {})) if want_contrast else outside.clear()
-        near = near.head(max(0, want_contrast - reserved - have_near))
-        have_near += near.height
-        have_contrast = have_twins + have_near
+        near = near.head(want_contrast - have_contrast)
         miss = outside.filter(~pl.col("content_digest").is_in(near["content_digest"].to_list())).head(want_replay - have_replay)
         target.append(hit.with_columns(pl.lit("target").alias("source")))
         replay.append(miss.with_columns(pl.lit("replay").alias("source")))
-        contrast.append(pl.concat([twins, near]).with_columns(pl.lit("contrast").alias("source")))
+        contrast.append(near.with_columns(pl.lit("contrast").alias("source")))
+        have_target += hit.height
         have_replay += miss.height
+        have_contrast += near.height
     rows = pl.concat(target + contrast + replay)
     return SynthesisResult(rows, generated, by_id, by_content)
 

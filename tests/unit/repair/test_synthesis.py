@@ -6,11 +6,9 @@ import pytest
 from modelsmith.diagnosis import SynthesisSpec
 from modelsmith.prompt import PROMPT_FEATURES
 from modelsmith.synthesis import (
-    TWIN_SHARE,
     SynthesisError,
     check_disjoint,
     content_digests,
-    counterfactual_twins,
     filter_expr,
     implicated_mask,
     synthesise,
@@ -93,43 +91,6 @@ def test_contrast_rows_carry_the_implicated_values_outside_the_segment(with_cont
     assert contrast["position"].to_list() == ["atf"] * 30
     assert not (contrast["vertical"] == "Video Gaming").any()
     assert implicated_mask(contrast, IMPLICATED).all()
-
-
-def test_some_near_misses_are_twins_of_target_rows_differing_only_in_the_segment(with_contrast, policy):
-    spec, result = with_contrast
-    rows = result.rows
-    contrast = rows.filter(pl.col("source") == "contrast")
-    twins = contrast.filter(pl.col("row_id").str.contains("~"))
-    assert 0 < twins.height <= int(contrast.height * TWIN_SHARE)
-    assert contrast.height - twins.height > 0  # natural near misses too
-    by_id = {r["row_id"]: r for r in rows.filter(pl.col("source") == "target").iter_rows(named=True)}
-    identity_and_labels = {"row_id", "expected", "rule", "content_digest", "source"}
-    for twin in twins.iter_rows(named=True):
-        original_id, column = twin["row_id"].rsplit("~", 1)
-        assert column == "vertical"  # the only filter column no implicated value names
-        original = by_id[original_id]  # a target row of this very dataset
-        differs = {c for c in twin if c not in identity_and_labels and twin[c] != original[c]}
-        assert differs == {"vertical"} and twin["vertical"] != "Video Gaming"
-    assert implicated_mask(twins, IMPLICATED).all()
-    relabelled = policy.label(twins.drop("expected", "rule", "policy_digest", "source", "content_digest"))
-    assert relabelled["expected"].to_list() == twins["expected"].to_list()
-
-
-def test_twins_only_vary_segment_columns_never_the_cause(first_batch, policy):
-    import random
-
-    hit = first_batch.with_columns(content_digests(first_batch))
-    segment_and_cause = {"vertical": {"eq": "Video Gaming"}, "rewarded": {"eq": True}}
-    hit = hit.filter(filter_expr(segment_and_cause))
-    twins = counterfactual_twins(hit, first_batch, segment_and_cause, {"rewarded": ("1",)}, policy, random.Random(0))
-    assert twins.height == hit.height > 0 and twins.columns == hit.columns
-    assert twins["rewarded"].all() and not (twins["vertical"] == "Video Gaming").any()
-    assert set(twins["vertical"]) <= set(first_batch["vertical"])  # values the generator makes
-    # a filter made only of the cause has no segment column to move: no twin
-    cause_only = {"rewarded": {"eq": True}}
-    assert counterfactual_twins(hit, first_batch, cause_only, {"rewarded": ("1",)}, policy, random.Random(0)).height == 0
-    # no implicated values: nothing to keep, no twin
-    assert counterfactual_twins(hit, first_batch, segment_and_cause, {}, policy, random.Random(0)).height == 0
 
 
 def test_implicated_mask_reads_prompt_words_and_buckets(first_batch):
