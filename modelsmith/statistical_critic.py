@@ -5,7 +5,10 @@ buckets) are ranked by error lift: the error rate among traced rows with that va
 rate of the pin's traced rows, with a Wilson interval. A value is implicated when its interval's
 lower bound is above the pin's error rate and it covers most failing rows; the features are then
 ordered by their mean leave-one-out attribution on the failing rows. The synthesis targets the
-pin's own segment, with a replay buffer of the others.
+pin's own segment, with a replay buffer of the others; when every failing row shares implicated
+values (the cause), it targets the cause within the segment, as for several pins below: a rule on
+a few percent of a segment's rows (native ads in Sports apps) is then most of the target rows, not
+a few percent of them, and the near misses outside the segment say where it stops.
 
 When several pins regressed, the cause is looked for once across all of them (their traces pooled,
 each row once): a policy change that spans segments (a threshold, a rule across verticals) is one
