@@ -5,10 +5,7 @@ buckets) are ranked by error lift: the error rate among traced rows with that va
 rate of the pin's traced rows, with a Wilson interval. A value is implicated when its interval's
 lower bound is above the pin's error rate and it covers most failing rows; the features are then
 ordered by their mean leave-one-out attribution on the failing rows. The synthesis targets the
-pin's own segment, with a replay buffer of the others; when every failing row shares implicated
-values (the cause), it targets the cause within the segment, as for several pins below: a rule on
-a few percent of a segment's rows (native ads in Sports apps) is then most of the target rows, not
-a few percent of them, and the near misses outside the segment say where it stops.
+pin's own segment, with a replay buffer of the others.
 
 When several pins regressed, the cause is looked for once across all of them (their traces pooled,
 each row once): a policy change that spans segments (a threshold, a rule across verticals) is one
@@ -105,19 +102,16 @@ class StatisticalCritic:
         coverage, purity = _coverage_and_purity(traces.filter(pl.col("pin") == target), findings)
         expected = failing["expected"].mode().to_list()[0]
         predicted = failing["predicted"].mode().to_list()[0]
+        filters, contrast = inp.pin_filters[regressed[0]["pin"]], self.contrast_share
         if many:
             causes = _causes(findings)
             filters = _union_of_segments([inp.pin_filters[r["pin"]] for r in regressed])
-        else:  # one segment: narrowed to the cause only when every failing row has it
-            causes = [f for f in _causes(findings) if f["coverage"] >= ALL_FAILURES and _condition(f)]
-            filters = dict(inp.pin_filters[regressed[0]["pin"]])
-        # Near misses (the cause's values outside the regressed segments) exist only when the
-        # segments restrict the filter; a change across every segment is the whole filter.
-        contrast = self.contrast_share if filters else 0.0
-        narrowed = bool(contrast) and (many or bool(causes))  # a cause within some segments
-        for cause in causes:
-            filters |= _condition(cause)
-        findings = causes + [f for f in findings if f not in causes]
+            # Near misses (the cause's values outside the regressed segments) exist only when the
+            # segments restrict the filter; a change across every segment is the whole filter.
+            contrast = self.contrast_share if filters else 0.0
+            for cause in causes:
+                filters |= _condition(cause)
+            findings = causes + [f for f in findings if f not in causes]
         named = ", ".join(f"{f['feature']} in {f['values']}" if f["values"] else f["feature"] for f in findings[:3])
         where = (f"Across {len(regressed)} regressed pins ({', '.join(r['pin'] for r in regressed[:4])}"
                  f"{', ...' if len(regressed) > 4 else ''}), one cause" if many else f"In {target}")
@@ -129,7 +123,7 @@ class StatisticalCritic:
                "features": [{k: v for k, v in f.items() if k != "coverage"} for f in findings],
                "hypothesis": hypothesis[:600], "confidence": round(coverage * purity, 3),
                "synthesis": {"filters": filters, "rows": rows,
-                             "replay_ratio": self.segments_replay_ratio if narrowed else self.replay_ratio,
+                             "replay_ratio": self.segments_replay_ratio if (many and contrast) else self.replay_ratio,
                              "contrast_share": contrast},
                "recipe": {"stages": list(self.stages)}}
         provenance = Provenance("statistical", "duckdb slice analysis", hashlib.sha256(SLICE_SQL.encode()).hexdigest(),

@@ -85,10 +85,6 @@ def synthesise(spec: SynthesisSpec, policy: Policy, seed: int, pin_scenarios: pl
                batch_requests: int = 5_000, max_requests: int = 400_000) -> SynthesisResult:
     """Generate until `spec.rows` target rows and `spec.rows * replay_ratio` replay rows are found.
 
-    When the request budget runs out with every replay row and near miss found and at least half the
-    target rows (a cause within a small segment is rare), the rows found are the dataset; with fewer,
-    `SynthesisError`.
-
     With `implicated` values (the diagnosis's findings) and `spec.contrast_share` > 0, that share of
     the replay rows are near misses: outside the segment, with the implicated values.
     """
@@ -105,8 +101,6 @@ def synthesise(spec: SynthesisSpec, policy: Policy, seed: int, pin_scenarios: pl
     seen: set[str] = set()
     while have_target < want_target or have_replay < want_replay or have_contrast < want_contrast:
         if generated >= max_requests:
-            if _enough(have_target, want_target) and have_replay >= want_replay and have_contrast >= want_contrast:
-                break  # a rare target (a cause within a small segment): what the budget found, no less than half
             raise SynthesisError(f"after {generated} generated requests: {have_target} of {want_target} target rows "
                                  f"matching {spec.filters}, {have_contrast} of {want_contrast} near misses with "
                                  f"{implicated}; the filters may select rows the generator rarely makes")
@@ -135,11 +129,6 @@ def synthesise(spec: SynthesisSpec, policy: Policy, seed: int, pin_scenarios: pl
         have_contrast += near.height
     rows = pl.concat(target + contrast + replay)
     return SynthesisResult(rows, generated, by_id, by_content)
-
-
-def _enough(have: int, want: int) -> bool:
-    """Whether target rows found within the request budget are enough to train on: at least half those asked."""
-    return have > 0 and 2 * have >= want
 
 
 ANCHOR_RULE = "anchor: the champion's decision"
