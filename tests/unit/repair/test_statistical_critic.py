@@ -48,6 +48,7 @@ def test_it_names_gaming_and_the_layout_signals(traces):
     assert d.synthesis.filters == {**WHERE, "rewarded": {"eq": True}, "position": {"in": ["atf"]}}
     assert 500 <= d.synthesis.rows <= 2000
     assert d.synthesis.contrast_share == 0.3 and d.synthesis.replay_ratio == 3.0
+    assert d.synthesis.segment == WHERE  # in-segment near misses: Gaming/app without the cause
     failing = traces.filter("failed")
     assert failing.filter(filter_expr(d.synthesis.filters)).height == failing.height  # the data reaches every failure
     assert "Video Gaming/app" in d.hypothesis and "bid:shade_high" in d.hypothesis
@@ -70,6 +71,11 @@ def test_slices_carry_lift_and_wilson_intervals(traces):
     ({"confidence": 1.5}, "confidence"),
     ({"synthesis": {"filters": WHERE, "rows": 50_000, "replay_ratio": 1.0}}, "synthesis.rows"),
     ({"synthesis": {"filters": {"vertical": {"regex": ".*"}}, "rows": 500, "replay_ratio": 1.0}}, "synthesis.filters.vertical"),
+    ({"synthesis": {"filters": WHERE, "rows": 500, "replay_ratio": 1.0, "segment": {"page_title": {"eq": "x"}}}},
+     "synthesis.segment.page_title"),
+    ({"synthesis": {"filters": WHERE, "rows": 500, "replay_ratio": 1.0, "segment": {"vertical": {"eq": "Sports"}}}},
+     "synthesis.segment"),  # a segment the filters do not narrow
+    ({"synthesis": {"filters": WHERE, "rows": 500, "replay_ratio": 1.0, "segment": []}}, "synthesis.segment"),
     ({"recipe": {"stages": ["grpo"]}}, "recipe.stages"),
     ({"actions": ["promote"]}, "(root)"),
 ])
@@ -110,6 +116,7 @@ def test_one_segment_whose_failures_share_no_cause_is_targeted_whole(traces):
     d = StatisticalCritic().diagnose(_input(noisy))
     assert d.synthesis.filters == WHERE
     assert d.synthesis.contrast_share == 0.3 and d.synthesis.replay_ratio == 1.5
+    assert d.synthesis.segment == {}  # not narrowed: no in-segment near misses
 
 
 def _diagnose(pins: dict, traces: pl.DataFrame):
