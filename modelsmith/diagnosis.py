@@ -45,6 +45,10 @@ class SynthesisSpec:
     # Share of the replay rows drawn from outside the segment *with* the implicated feature values:
     # the near misses that teach the model the change is specific to the segment.
     contrast_share: float = 0.0
+    # The regressed segment's own filter, when `filters` narrow it to a cause (segment AND cause): that
+    # share of `rows` (`contrast_share`) are in-segment near misses, segment AND NOT filters, labelled
+    # by the policy, which teach that the change needs the cause and not the segment alone. Empty: none.
+    segment: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,8 @@ DIAGNOSIS_SCHEMA: dict[str, Any] = {
                 "replay_ratio": {"type": "number", "minimum": REPLAY_BOUNDS[0], "maximum": REPLAY_BOUNDS[1]},
                 "contrast_share": {"type": "number", "minimum": CONTRAST_BOUNDS[0], "maximum": CONTRAST_BOUNDS[1],
                                    "description": "Share of replay rows outside the segment that have the implicated values"},
+                "segment": {"type": "object", "description": "Optional: the regressed segment's own filter when "
+                            "`filters` narrow it to a cause; contrast_share * rows in-segment near misses are drawn from it"},
             },
         },
         "recipe": {"type": "object", "additionalProperties": False, "required": ["stages"],
@@ -188,19 +194,16 @@ def _synthesis(raw: Any) -> SynthesisSpec:
     filters = raw.get("filters")
     if not isinstance(filters, dict) or not filters:
         raise _fail("synthesis.filters", "must map feature columns to conditions")
-    clean: dict[str, dict[str, Any]] = {}
-    for feature, cond in filters.items():
-        if feature not in POLICY_FEATURES:
-            raise _fail(f"synthesis.filters.{feature}", f"unknown feature; known: {list(POLICY_FEATURES)}")
-        cond = cond if isinstance(cond, dict) else {"eq": cond}
-        for op in cond:
-            if op not in OPS[feature]:
-                raise _fail(f"synthesis.filters.{feature}", f"operator {op!r} not allowed; allowed: {list(OPS[feature])}")
-        try:  # the values too, as synthesis will read them: a wrong type or a non-finite threshold is refused here
-            _parse_conditions(feature, cond, "<diagnosis>", 0, "synthesis.filters")
-        except PolicyError as e:
-            raise _fail(f"synthesis.filters.{feature}", str(e).split(": ", 2)[-1]) from None
-        clean[feature] = dict(cond)
+    clean = _filters(filters, "synthesis.filters")
+    segment = raw.get("segment", {})
+    if not isinstance(segment, dict):
+        raise _fail("synthesis.segment", "must map feature columns to conditions (or be left out)")
+    segment = _filters(segment, "synthesis.segment")
+    if segment and any(clean.get(f) != c for f, c in segment.items()):
+        # the near misses are segment AND NOT filters: the filters must be the segment narrowed, not another one
+        raise _fail("synthesis.segment", "every condition of the segment must be one of the filters' (filters narrow it)")
+    if segment == clean:
+        segment = {}  # nothing narrowed: no row is in the segment and outside the filters
     rows = raw.get("rows")
     if not isinstance(rows, int) or isinstance(rows, bool) or not ROWS_BOUNDS[0] <= rows <= ROWS_BOUNDS[1]:
         raise _fail("synthesis.rows", f"must be an integer in {list(ROWS_BOUNDS)}, got {rows!r}")
@@ -210,10 +213,28 @@ def _synthesis(raw: Any) -> SynthesisSpec:
     contrast = raw.get("contrast_share", 0.0)
     if not isinstance(contrast, int | float) or isinstance(contrast, bool) or not CONTRAST_BOUNDS[0] <= contrast <= CONTRAST_BOUNDS[1]:
         raise _fail("synthesis.contrast_share", f"must be a number in {list(CONTRAST_BOUNDS)}, got {contrast!r}")
-    unknown = set(raw) - {"filters", "rows", "replay_ratio", "contrast_share"}
+    unknown = set(raw) - {"filters", "rows", "replay_ratio", "contrast_share", "segment"}
     if unknown:
         raise _fail("synthesis", f"unknown keys {sorted(unknown)}")
-    return SynthesisSpec(clean, rows, float(ratio), float(contrast))
+    return SynthesisSpec(clean, rows, float(ratio), float(contrast), segment)
+
+
+def _filters(filters: dict, fld: str) -> dict[str, dict[str, Any]]:
+    """Conditions in the policy grammar, each feature, operator and value checked as synthesis will read them."""
+    clean: dict[str, dict[str, Any]] = {}
+    for feature, cond in filters.items():
+        if feature not in POLICY_FEATURES:
+            raise _fail(f"{fld}.{feature}", f"unknown feature; known: {list(POLICY_FEATURES)}")
+        cond = cond if isinstance(cond, dict) else {"eq": cond}
+        for op in cond:
+            if op not in OPS[feature]:
+                raise _fail(f"{fld}.{feature}", f"operator {op!r} not allowed; allowed: {list(OPS[feature])}")
+        try:  # the values too, as synthesis will read them: a wrong type or a non-finite threshold is refused here
+            _parse_conditions(feature, cond, "<diagnosis>", 0, fld)
+        except PolicyError as e:
+            raise _fail(f"{fld}.{feature}", str(e).split(": ", 2)[-1]) from None
+        clean[feature] = dict(cond)
+    return clean
 
 
 def diagnosis_from_dict(d: dict[str, Any]) -> Diagnosis:
@@ -223,5 +244,6 @@ def diagnosis_from_dict(d: dict[str, Any]) -> Diagnosis:
                                                                f.get("attribution", 0.0)) for f in d["features"]),
         d["hypothesis"], d["confidence"], SynthesisSpec(d["synthesis"]["filters"], d["synthesis"]["rows"],
                                                         d["synthesis"]["replay_ratio"],
-                                                        d["synthesis"].get("contrast_share", 0.0)),
+                                                        d["synthesis"].get("contrast_share", 0.0),
+                                                        d["synthesis"].get("segment", {})),
         TrainingRecipe(tuple(d["recipe"]["stages"])), Provenance(**d["provenance"]), d.get("extra", {}))

@@ -95,7 +95,8 @@ def diagnosis_markdown(d: dict) -> str:
               for f in d["features"]]
     s = d["synthesis"]
     lines += ["", f"**Synthesis:** {s['rows']} rows matching `{json.dumps(s['filters'])}`, replay ratio "
-              f"{s['replay_ratio']}, near-miss share {s.get('contrast_share', 0)}", "",
+              f"{s['replay_ratio']}, near-miss share {s.get('contrast_share', 0)}"
+              + (f", in-segment near misses from `{json.dumps(s['segment'])}`" if s.get("segment") else ""), "",
               f"**Recipe:** {' then '.join(d['recipe']['stages'])}", "",
               f"**Provenance:** critic {d['provenance']['critic']} ({d['provenance']['model']}), prompt "
               f"{d['provenance']['prompt_digest'][:16]}, input {d['provenance']['input_digest'][:16]}"

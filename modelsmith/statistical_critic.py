@@ -107,16 +107,25 @@ class StatisticalCritic:
         coverage, purity = _coverage_and_purity(traces.filter(pl.col("pin") == target), findings)
         expected = failing["expected"].mode().to_list()[0]
         predicted = failing["predicted"].mode().to_list()[0]
-        filters, contrast = inp.pin_filters[regressed[0]["pin"]], self.contrast_share
         if many:
             causes = _causes(findings)
             filters = _union_of_segments([inp.pin_filters[r["pin"]] for r in regressed])
-            # Near misses (the cause's values outside the regressed segments) exist only when the
-            # segments restrict the filter; a change across every segment is the whole filter.
-            contrast = self.contrast_share if filters else 0.0
-            for cause in causes:
-                filters |= _condition(cause)
-            findings = causes + [f for f in findings if f not in causes]
+        else:  # one segment: narrowed to the cause only when every failing row has it
+            causes = [f for f in _causes(findings) if f["coverage"] >= ALL_FAILURES and _condition(f)]
+            filters = dict(inp.pin_filters[regressed[0]["pin"]])
+        segment = dict(filters)
+        # Near misses (the cause's values outside the regressed segments) exist only when the
+        # segments restrict the filter; a change across every segment is the whole filter.
+        contrast = self.contrast_share if filters else 0.0
+        narrowed = bool(contrast) and (many or bool(causes))  # a cause within some segments
+        for cause in causes:
+            filters |= _condition(cause)
+        # One segment narrowed to its cause: the segment's own rows without the cause are near misses too
+        # (labelled by the policy); without them the adapter learnt the cause's values alone (measured on
+        # the default story: Gaming app rewarded rows below the fold went to shade_high).
+        near_in_segment = (not many and narrowed and all(filters.get(k) == c for k, c in segment.items())
+                           and filters != segment)
+        findings = causes + [f for f in findings if f not in causes]
         named = ", ".join(f"{f['feature']} in {f['values']}" if f["values"] else f["feature"] for f in findings[:3])
         where = (f"Across {len(regressed)} regressed pins ({', '.join(r['pin'] for r in regressed[:4])}"
                  f"{', ...' if len(regressed) > 4 else ''}), one cause" if many else f"In {target}")
@@ -128,8 +137,8 @@ class StatisticalCritic:
                "features": [{k: v for k, v in f.items() if k != "coverage"} for f in findings],
                "hypothesis": hypothesis[:600], "confidence": round(coverage * purity, 3),
                "synthesis": {"filters": filters, "rows": rows,
-                             "replay_ratio": self.segments_replay_ratio if (many and contrast) else self.replay_ratio,
-                             "contrast_share": contrast},
+                             "replay_ratio": self.segments_replay_ratio if narrowed else self.replay_ratio,
+                             "contrast_share": contrast, **({"segment": segment} if near_in_segment else {})},
                "recipe": {"stages": list(self.stages)}}
         provenance = Provenance("statistical", "duckdb slice analysis", hashlib.sha256(SLICE_SQL.encode()).hexdigest(),
                                 inp.input_digest)

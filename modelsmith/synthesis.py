@@ -3,7 +3,9 @@
 Rows come from the scenario generator (its own seed stream, never the pins' pack seed), are
 labelled by the active policy, and are split by the diagnosis's filters: `target` rows match them,
 `replay` rows do not (so the other segments are not forgotten), and `contrast` rows are replay rows
-with the diagnosis's implicated values (near misses: the same layout outside the segment). No row may be a pin scenario: a
+with the diagnosis's implicated values (near misses: the same layout outside the segment). When the
+filters narrow a segment to a cause (`spec.segment`), `near_miss` rows are the segment's own rows
+without the cause (in-segment near misses, labelled by the policy). No row may be a pin scenario: a
 row is dropped when its request id or its content (the feature row without identity columns) is
 among the pin scenarios', and `check_disjoint` proves it afterwards.
 """
@@ -21,6 +23,7 @@ from scenario_data.policy import Policy, _parse_conditions
 
 IDENTITY_COLUMNS = ("row_id", "request_id", "imp_id", "source_file", "source_line")
 LABEL_COLUMNS = ("expected", "rule", "policy_digest")
+SOURCES = ("target", "replay", "contrast", "near_miss")
 
 
 class SynthesisError(RuntimeError):
@@ -29,7 +32,7 @@ class SynthesisError(RuntimeError):
 
 @dataclass(frozen=True)
 class SynthesisResult:
-    rows: pl.DataFrame  # labelled rows, `source` in {"target", "replay"}, `content_digest`
+    rows: pl.DataFrame  # labelled rows, `source` in SOURCES, `content_digest`
     requests_generated: int
     excluded_by_id: int
     excluded_by_content: int
@@ -86,24 +89,31 @@ def synthesise(spec: SynthesisSpec, policy: Policy, seed: int, pin_scenarios: pl
     """Generate until `spec.rows` target rows and `spec.rows * replay_ratio` replay rows are found.
 
     With `implicated` values (the diagnosis's findings) and `spec.contrast_share` > 0, that share of
-    the replay rows are near misses: outside the segment, with the implicated values.
+    the replay rows are near misses: outside the segment, with the implicated values. With a
+    `spec.segment` that the filters narrow, `spec.rows * contrast_share` more rows are in-segment near
+    misses (`near_miss`: the segment without the cause), taken out of the replay rows' count.
     """
     want_target = spec.rows
     want_all_replay = int(round(spec.rows * spec.replay_ratio))
     want_contrast = int(round(want_all_replay * spec.contrast_share)) if implicated else 0
-    want_replay = want_all_replay - want_contrast
+    want_near = int(round(spec.rows * spec.contrast_share)) if spec.segment else 0
+    want_near = min(want_near, want_all_replay - want_contrast)
+    want_replay = want_all_replay - want_contrast - want_near
     pin_ids = set(pin_scenarios["request_id"].to_list())
     pin_content = set(content_digests(pin_scenarios).to_list())
     match = filter_expr(spec.filters)
-    target, replay, contrast = [], [], []
-    have_target = have_replay = have_contrast = generated = by_id = by_content = 0
+    in_segment = filter_expr(spec.segment) if spec.segment else pl.lit(False)
+    target, replay, contrast, near_misses = [], [], [], []
+    have_target = have_replay = have_contrast = have_near = generated = by_id = by_content = 0
     index = 0
     seen: set[str] = set()
-    while have_target < want_target or have_replay < want_replay or have_contrast < want_contrast:
+    while (have_target < want_target or have_replay < want_replay or have_contrast < want_contrast
+           or have_near < want_near):
         if generated >= max_requests:
             raise SynthesisError(f"after {generated} generated requests: {have_target} of {want_target} target rows "
                                  f"matching {spec.filters}, {have_contrast} of {want_contrast} near misses with "
-                                 f"{implicated}; the filters may select rows the generator rarely makes")
+                                 f"{implicated}, {have_near} of {want_near} in-segment near misses in {spec.segment}; "
+                                 "the filters may select rows the generator rarely makes")
         requests = generate_requests(batch_requests, seed * 1_000_003 + index)
         index += 1
         generated += len(requests)
@@ -118,16 +128,20 @@ def synthesise(spec: SynthesisSpec, policy: Policy, seed: int, pin_scenarios: pl
         seen.update(rows["content_digest"].to_list())
         hit = rows.filter(match).head(want_target - have_target)
         outside = rows.filter(~match)
+        inside = outside.filter(in_segment).head(want_near - have_near)  # the segment without the cause
+        outside = outside.filter(~pl.col("content_digest").is_in(inside["content_digest"].to_list()))
         near = outside.filter(implicated_mask(outside, implicated or {})) if want_contrast else outside.clear()
         near = near.head(want_contrast - have_contrast)
         miss = outside.filter(~pl.col("content_digest").is_in(near["content_digest"].to_list())).head(want_replay - have_replay)
         target.append(hit.with_columns(pl.lit("target").alias("source")))
         replay.append(miss.with_columns(pl.lit("replay").alias("source")))
         contrast.append(near.with_columns(pl.lit("contrast").alias("source")))
+        near_misses.append(inside.with_columns(pl.lit("near_miss").alias("source")))
         have_target += hit.height
         have_replay += miss.height
         have_contrast += near.height
-    rows = pl.concat(target + contrast + replay)
+        have_near += inside.height
+    rows = pl.concat(target + contrast + near_misses + replay)
     return SynthesisResult(rows, generated, by_id, by_content)
 
 
@@ -135,7 +149,7 @@ ANCHOR_RULE = "anchor: the champion's decision"
 
 
 def anchor_to_champion(rows: pl.DataFrame, champion_decisions: list[str]) -> pl.DataFrame:
-    """Replay rows learn the champion's own decision; target rows and near misses keep the policy's.
+    """Replay rows learn the champion's own decision; target rows and near misses (both kinds) keep the policy's.
 
     Outside the regressed segments a repair must keep what the champion does, including the few rows
     it gets wrong there: they are not what this cycle repairs, and no pin asked for them (policy
@@ -162,7 +176,9 @@ def synthesis_seed(policy_digest: str, diagnosis) -> int:
     """
     asked = {"policy": policy_digest, "synthesis": {"filters": diagnosis.synthesis.filters, "rows": diagnosis.synthesis.rows,
                                                     "replay_ratio": diagnosis.synthesis.replay_ratio,
-                                                    "contrast_share": diagnosis.synthesis.contrast_share},
+                                                    "contrast_share": diagnosis.synthesis.contrast_share,
+                                                    **({"segment": diagnosis.synthesis.segment}
+                                                       if diagnosis.synthesis.segment else {})},
              "implicated": sorted((f.feature, sorted(f.values)) for f in diagnosis.features if f.values)}
     return int(hashlib.sha256(json.dumps(asked, sort_keys=True, default=str).encode()).hexdigest()[:8], 16)
 

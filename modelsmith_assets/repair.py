@@ -140,7 +140,8 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         yield dg.MaterializeResult(metadata={
             "dagster/row_count": rows.height, "target_rows": int((rows["source"] == "target").sum()),
             "replay_rows": int((rows["source"] == "replay").sum()),
-            "contrast_rows": int((rows["source"] == "contrast").sum()), "requests_generated": result.requests_generated,
+            "contrast_rows": int((rows["source"] == "contrast").sum()),
+            "near_miss_rows": int((rows["source"] == "near_miss").sum()), "requests_generated": result.requests_generated,
             "excluded_by_request_id": result.excluded_by_id, "excluded_by_content": result.excluded_by_content,
             "anchored_rows_unlike_policy": moved,
             "policy_digest": policy.digest, "generator_seed": seed, "merkle_root": lineage.root,

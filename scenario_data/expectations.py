@@ -120,7 +120,7 @@ def validate_training_rows(df: pl.DataFrame) -> SuiteResult:
     frame = df.drop("keywords", "title", strict=False).with_columns(
         (pl.col("expected") == d).cast(pl.Float64).alias(_share_column(d)) for d in TRAINING_SHARE_BOUNDS)
     expectations = [*_feature_expectations(gx), *_label_expectations(gx, TRAINING_SHARE_BOUNDS),
-                    e.ExpectColumnValuesToBeInSet(column="source", value_set=["target", "replay", "contrast"]),
+                    e.ExpectColumnValuesToBeInSet(column="source", value_set=["target", "replay", "contrast", "near_miss"]),
                     e.ExpectColumnValuesToNotBeNull(column="content_digest"),
                     e.ExpectColumnValuesToBeUnique(column="content_digest")]
     return run_suite(frame, "training_rows", expectations)

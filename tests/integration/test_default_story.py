@@ -135,7 +135,8 @@ def test_one_cycle_repairs_gaming_and_offers_it_only_when_nothing_is_flagged(hom
     from modelsmith.lineage import prove
 
     rows = pl.read_parquet(home / "datasets" / v2["cycle"] / "rows.parquet")
-    assert set(rows["source"]) == {"target", "replay", "contrast"}
+    # one segment narrowed to its cause (rewarded, above the fold): its own rows without the cause are near misses too
+    assert set(rows["source"]) == {"target", "replay", "contrast", "near_miss"}
     assert prove(home, rows["row_id"][0])["verified"]
     pins = pl.read_parquet(home / "replayed_auctions" / "replayed_auctions.parquet")
     assert not set(rows["request_id"]) & set(pins["request_id"])

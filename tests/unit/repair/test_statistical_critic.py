@@ -7,6 +7,7 @@ from modelsmith.critics import CriticInput
 from modelsmith.diagnosis import DiagnosisError, Provenance, validate_diagnosis
 from modelsmith.prompt import PROMPT_COLUMNS
 from modelsmith.statistical_critic import StatisticalCritic, feature_slices
+from modelsmith.synthesis import filter_expr
 from scenario_data.generator import generate_requests, label_requests
 from scenario_data.policy import DECISIONS, shipped_policy
 
@@ -42,7 +43,14 @@ def test_it_names_gaming_and_the_layout_signals(traces):
     named = {f.feature: f.values for f in d.features}
     assert named.get("rewarded") == ("1",) and named.get("position") == ("atf",)
     assert set(named) <= {"rewarded", "position", "media", "size"}  # nothing unrelated carries the failures
-    assert d.synthesis.filters == WHERE and 500 <= d.synthesis.rows <= 2000
+    # every failing row is rewarded and above the fold: the data targets the cause within the segment,
+    # with near misses outside it and the replay of a cause within some segments
+    assert d.synthesis.filters == {**WHERE, "rewarded": {"eq": True}, "position": {"in": ["atf"]}}
+    assert 500 <= d.synthesis.rows <= 2000
+    assert d.synthesis.contrast_share == 0.3 and d.synthesis.replay_ratio == 3.0
+    assert d.synthesis.segment == WHERE  # in-segment near misses: Gaming/app without the cause
+    failing = traces.filter("failed")
+    assert failing.filter(filter_expr(d.synthesis.filters)).height == failing.height  # the data reaches every failure
     assert "Video Gaming/app" in d.hypothesis and "bid:shade_high" in d.hypothesis
     assert d.confidence > 0.9  # every failing row has both values; most rows with both fail
     assert d.provenance.critic == "statistical" and len(d.provenance.input_digest) == 64
@@ -63,6 +71,11 @@ def test_slices_carry_lift_and_wilson_intervals(traces):
     ({"confidence": 1.5}, "confidence"),
     ({"synthesis": {"filters": WHERE, "rows": 50_000, "replay_ratio": 1.0}}, "synthesis.rows"),
     ({"synthesis": {"filters": {"vertical": {"regex": ".*"}}, "rows": 500, "replay_ratio": 1.0}}, "synthesis.filters.vertical"),
+    ({"synthesis": {"filters": WHERE, "rows": 500, "replay_ratio": 1.0, "segment": {"page_title": {"eq": "x"}}}},
+     "synthesis.segment.page_title"),
+    ({"synthesis": {"filters": WHERE, "rows": 500, "replay_ratio": 1.0, "segment": {"vertical": {"eq": "Sports"}}}},
+     "synthesis.segment"),  # a segment the filters do not narrow
+    ({"synthesis": {"filters": WHERE, "rows": 500, "replay_ratio": 1.0, "segment": []}}, "synthesis.segment"),
     ({"recipe": {"stages": ["grpo"]}}, "recipe.stages"),
     ({"actions": ["promote"]}, "(root)"),
 ])
@@ -91,6 +104,19 @@ def _threshold_traces(pins: dict) -> pl.DataFrame:
         (pl.col("predicted") != pl.col("expected")).alias("failed"), pl.lit(0.99).alias("confidence"),
         *(pl.when(pl.col("predicted") == d).then(0.99).otherwise(0.0025).alias(f"p_{d}") for d in DECISIONS),
         *(pl.lit(0.5 if c == "floor" else 0.01).alias(f"attr_{c}") for c in PROMPT_COLUMNS))
+
+
+def test_one_segment_whose_failures_share_no_cause_is_targeted_whole(traces):
+    # failures the layout signals do not explain (a tenth of the rows without them): no value covers
+    # every failing row, so the data must target the whole segment, not a cause that misses failures
+    others = traces.filter(~pl.col("failed")).with_row_index("i")
+    noise = others.filter(pl.col("i") % 10 == 0)["row_id"]
+    assert noise.len() > 0.1 * traces["failed"].sum()
+    noisy = traces.with_columns((pl.col("failed") | pl.col("row_id").is_in(noise.to_list())).alias("failed"))
+    d = StatisticalCritic().diagnose(_input(noisy))
+    assert d.synthesis.filters == WHERE
+    assert d.synthesis.contrast_share == 0.3 and d.synthesis.replay_ratio == 1.5
+    assert d.synthesis.segment == {}  # not narrowed: no in-segment near misses
 
 
 def _diagnose(pins: dict, traces: pl.DataFrame):

@@ -7,6 +7,7 @@ from modelsmith.diagnosis import SynthesisSpec
 from modelsmith.prompt import PROMPT_FEATURES
 from modelsmith.synthesis import (
     SynthesisError,
+    anchor_to_champion,
     check_disjoint,
     content_digests,
     filter_expr,
@@ -47,6 +48,31 @@ def with_contrast(policy, unrelated_pins):
 
 def _counts(rows: pl.DataFrame) -> dict[str, int]:
     return {s: int((rows["source"] == s).sum()) for s in ("target", "replay", "contrast")}
+
+
+NARROWED = {**GAMING, "rewarded": {"eq": True}, "position": {"in": ["atf"]}}
+
+
+def test_in_segment_near_misses_are_the_segment_without_the_cause_labelled_by_the_policy(policy, unrelated_pins):
+    spec = SynthesisSpec(NARROWED, rows=20, replay_ratio=3.0, contrast_share=0.3, segment=GAMING)
+    result = synthesise(spec, policy, SEED, unrelated_pins, IMPLICATED, batch_requests=BATCH)
+    rows = result.rows
+    near = rows.filter(pl.col("source") == "near_miss")
+    all_replay, contrast = 60, round(60 * 0.3)
+    assert near.height == round(20 * 0.3) == 6  # a share of the target, taken out of the replay rows
+    assert _counts(rows) == {"target": 20, "replay": all_replay - contrast - 6, "contrast": contrast}
+    assert near.filter(filter_expr(GAMING) & ~filter_expr(NARROWED)).height == near.height  # segment AND NOT cause
+    relabelled = policy.label(near.drop("expected", "rule", "policy_digest", "source", "content_digest"))
+    assert near["expected"].to_list() == relabelled["expected"].to_list()  # the policy's labels
+    assert set(near["policy_digest"]) == {policy.digest}
+    assert rows.filter(pl.col("source") == "contrast").filter(filter_expr(GAMING)).height == 0  # those stay outside
+    anchored = anchor_to_champion(rows, ["bid:shade_high"] * rows.height)
+    assert anchored.filter(pl.col("source") == "near_miss")["expected"].to_list() == near["expected"].to_list()
+
+
+def test_no_segment_gives_no_in_segment_near_misses(with_contrast):
+    _, result = with_contrast
+    assert int((result.rows["source"] == "near_miss").sum()) == 0
 
 
 def test_counts_with_implicated_values(with_contrast):
