@@ -54,5 +54,7 @@ def test_a_user_directory_is_the_base_model_and_an_adapter_is_pinned_on_it(model
 
 
 def test_a_directory_without_config_json_is_refused(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    from modelsmith.model_dir import ModelDirError
+
+    with pytest.raises(ModelDirError, match=r"config.json not found: not a Hugging Face model directory"):
         ModelSettings(base_model_dir=str(tmp_path)).user_model()
