@@ -18,6 +18,17 @@ from dataclasses import dataclass
 from modelsmith.prompt import LABEL_TOKENS, PromptFormat, format_for
 
 
+_LABEL_INDEX = {label: j for j, label in enumerate(LABEL_TOKENS)}
+
+
+def _left_padding(lengths, longest: int) -> dict:
+    """A 2D attention mask for left-padded rows of `lengths`, and positions that start at each row's first token."""
+    import torch
+
+    mask = (torch.arange(longest, device=lengths.device)[None, :] >= (longest - lengths)[:, None]).long()
+    return {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+
+
 class LabelError(ValueError):
     """A decision label this tokenizer cannot score (no tokens, or only unknown tokens)."""
 
@@ -93,10 +104,9 @@ class LabelScorer:
         padded = bool((lengths < longest).any())
         if self.single_token and not padded:
             return {"input_ids": ids}
+        if self.single_token:
+            return {"input_ids": ids, **_left_padding(lengths, longest)}
         start = longest - lengths  # first real token of each row
-        if self.single_token:  # plain left padding: a 2D mask and positions that start at each row's prompt
-            mask = (torch.arange(longest, device=device)[None, :] >= start[:, None]).long()
-            return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
         return {"input_ids": ids, **self._prefix_mask(start, longest, lengths, device, dtype or torch.float32)}
 
     def _prefix_mask(self, start, longest: int, lengths, device, dtype) -> dict:
@@ -135,10 +145,9 @@ class LabelScorer:
 
     def training_rows(self, texts: list[str], decisions: list[str]) -> tuple[list[list[int]], list[list[int]]]:
         """(input_ids, labels) per row: the prompt then the decision's tokens; loss (labels) on the decision only."""
-        index = {label: j for j, label in enumerate(LABEL_TOKENS)}
         inputs, labels = [], []
         for p, d in zip(self.prompt_ids(texts), decisions, strict=True):
-            seq = self.labels[index[d]]
+            seq = self.labels[_LABEL_INDEX[d]]
             inputs.append(list(p) + seq)
             labels.append([-100] * len(p) + seq)
         return inputs, labels
@@ -152,8 +161,7 @@ class LabelScorer:
         """
         import torch
 
-        index = {label: j for j, label in enumerate(LABEL_TOKENS)}
-        seqs = [self.labels[index[d]] for d in decisions]
+        seqs = [self.labels[_LABEL_INDEX[d]] for d in decisions]
         rows = [list(p) + s[:-1] for p, s in zip(self.prompt_ids(texts), seqs, strict=True)]
         longest, width = max(len(r) for r in rows), max(len(s) for s in seqs)
         ids = torch.tensor([[self.pad_id] * (longest - len(r)) + r for r in rows])
@@ -161,6 +169,5 @@ class LabelScorer:
         out = {"input_ids": ids, "targets": targets}
         lengths = torch.tensor([len(r) for r in rows])
         if bool((lengths < longest).any()):
-            mask = (torch.arange(longest)[None, :] >= (longest - lengths)[:, None]).long()
-            out |= {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+            out |= _left_padding(lengths, longest)
         return out
