@@ -43,6 +43,10 @@ class SftSettings:
     warmup_steps: int = 5
     seed: int = 0
     heldout_fraction: float = 0.1
+    # Stop after this many epochs in a row without a better held-out score (None: train every epoch).
+    # The kept epoch's weights do not depend on it (the schedule is fixed by `epochs`); only a better
+    # epoch later than that would be missed.
+    patience: int | None = 2
 
 
 @dataclass
@@ -243,6 +247,9 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
             if score > best["score"]:
                 best.update(score=score, epoch=round(state.epoch or 0), accuracy=acc,
                             weights={k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()})
+            elif sft.patience is not None and round(state.epoch or 0) - best["epoch"] >= sft.patience:
+                log(f"sft: no better held-out score for {sft.patience} epochs after epoch {best['epoch']}; stopping")
+                control.should_training_stop = True
 
     config = SFTConfig(
         output_dir=str(work / "trainer"), bf16=on_gpu, use_cpu=not on_gpu, report_to="none", gradient_checkpointing=False,
@@ -289,7 +296,7 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
         tuned.save_pretrained(adapter_dir, safe_serialization=True)
         summary = {"stages": stages_run, "requested_stages": list(recipe.stages), "grpo": grpo_summary,
                    "qlora": on_gpu, "precision": "4-bit NF4 base (QLoRA)" if on_gpu else f"fp32 ({why_not})",
-                   "best_epoch": best["epoch"], "heldout": best["accuracy"], "history": history,
+                   "best_epoch": best["epoch"], "epochs_run": len(history), "heldout": best["accuracy"], "history": history,
                    "heldout_others_before": baseline, "train_rows": train_rows.height, "heldout_rows": held.height,
                    "final_loss": losses[-1] if losses else None, "recipe": asdict(recipe)}
         about = {"base_digest": directory_digest(Path(base_dir)), **(about or {})}

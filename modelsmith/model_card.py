@@ -72,7 +72,7 @@ def adapter_card(summary: dict, about: dict, delta: dict | None = None) -> str:
         f"- repair cycle `{about.get('cycle', '?')}`, base `{about['base_digest']}`\n",
         "## Training\n",
         f"- stages run: {', '.join(summary['stages'])}; precision: {summary['precision']}; "
-        f"epoch kept: {summary['best_epoch']}",
+        f"epoch kept: {summary['best_epoch']} of {summary.get('epochs_run', summary['best_epoch'])} run",
         f"- held-out accuracy: target {heldout.get('target', 0.0):.4f}, other rows {heldout['others']:.4f} "
         f"(before training {summary['heldout_others_before']:.4f})",
         "- recipe:\n\n```json\n" + json.dumps(summary["recipe"], indent=2, sort_keys=True) + "\n```\n",

@@ -99,14 +99,14 @@ def synthesise(spec: SynthesisSpec, policy: Policy, seed: int, pin_scenarios: pl
     want_near = int(round(spec.rows * spec.contrast_share)) if spec.segment else 0
     want_near = min(want_near, want_all_replay - want_contrast)
     want_replay = want_all_replay - want_contrast - want_near
-    pin_ids = set(pin_scenarios["request_id"].to_list())
-    pin_content = set(content_digests(pin_scenarios).to_list())
+    pin_ids = pin_scenarios["request_id"].unique()
+    pin_content = content_digests(pin_scenarios).unique()
     match = filter_expr(spec.filters)
     in_segment = filter_expr(spec.segment) if spec.segment else pl.lit(False)
     target, replay, contrast, near_misses = [], [], [], []
     have_target = have_replay = have_contrast = have_near = generated = by_id = by_content = 0
     index = 0
-    seen: set[str] = set()
+    seen = pl.Series("content_digest", [], dtype=pl.String)  # a Series: `is_in` on it stays fast as it grows
     while (have_target < want_target or have_replay < want_replay or have_contrast < want_contrast
            or have_near < want_near):
         if generated >= max_requests:
@@ -119,20 +119,20 @@ def synthesise(spec: SynthesisSpec, policy: Policy, seed: int, pin_scenarios: pl
         generated += len(requests)
         rows = label_requests(requests, policy)
         rows = rows.with_columns(content_digests(rows))
-        clash_id = rows["request_id"].is_in(list(pin_ids))
-        clash_content = rows["content_digest"].is_in(list(pin_content))
+        clash_id = rows["request_id"].is_in(pin_ids)
+        clash_content = rows["content_digest"].is_in(pin_content)
         by_id += int(clash_id.sum())
         by_content += int((clash_content & ~clash_id).sum())
         rows = rows.filter(~clash_id & ~clash_content).unique("content_digest", keep="first", maintain_order=True)
-        rows = rows.filter(~pl.col("content_digest").is_in(list(seen)))  # two imps of one request can be the same auction
-        seen.update(rows["content_digest"].to_list())
+        rows = rows.filter(~pl.col("content_digest").is_in(seen))  # two imps of one request can be the same auction
+        seen = pl.concat([seen, rows["content_digest"]])
         hit = rows.filter(match).head(want_target - have_target)
         outside = rows.filter(~match)
         inside = outside.filter(in_segment).head(want_near - have_near)  # the segment without the cause
-        outside = outside.filter(~pl.col("content_digest").is_in(inside["content_digest"].to_list()))
+        outside = outside.filter(~pl.col("content_digest").is_in(inside["content_digest"]))
         near = outside.filter(implicated_mask(outside, implicated or {})) if want_contrast else outside.clear()
         near = near.head(want_contrast - have_contrast)
-        miss = outside.filter(~pl.col("content_digest").is_in(near["content_digest"].to_list())).head(want_replay - have_replay)
+        miss = outside.filter(~pl.col("content_digest").is_in(near["content_digest"])).head(want_replay - have_replay)
         target.append(hit.with_columns(pl.lit("target").alias("source")))
         replay.append(miss.with_columns(pl.lit("replay").alias("source")))
         contrast.append(near.with_columns(pl.lit("contrast").alias("source")))

@@ -200,7 +200,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
             "model_version": version.digest, "partition_key": version.key, "base": base.digest,
             "stages_run": ", ".join(summary["stages"]), "stages_requested": ", ".join(summary["requested_stages"]),
             "grpo": json.dumps(summary["grpo"]) if summary["grpo"] else "not requested",
-            "best_epoch": summary["best_epoch"],
+            "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
             "heldout_target_accuracy": summary["heldout"].get("target", 0.0),
             "heldout_others_accuracy": summary["heldout"]["others"],
             "train_rows": summary["train_rows"], "path": dg.MetadataValue.path(str(final)),

@@ -20,6 +20,8 @@ class TrainerSettings(dg.ConfigurableResource):
     epochs: int = Field(10, ge=1, le=1_000, description="SFT epochs; the best epoch on the held-out slice is kept")
     batch_size: int = Field(32, ge=1, le=65_536, description="SFT batch size")
     seed: int = Field(0, ge=0, lt=2**32, description="Training seed")
+    patience: int = Field(2, ge=0, le=1_000, description="Stop after this many epochs without a better held-out "
+                                                        "score (0: train every epoch)")
     heldout_fraction: float = Field(0.1, gt=0, lt=1,
                                     description="Share of the synthetic rows held out for early stopping")
     replay_weight: float = Field(1.0, ge=0, le=1_000, allow_inf_nan=False,
@@ -50,7 +52,8 @@ class TrainerSettings(dg.ConfigurableResource):
         return AdapterRecipe(
             stages=stages, lora=LoraSettings(r=self.lora_r, alpha=self.lora_alpha, target_modules=modules),
             sft=SftSettings(learning_rate=self.learning_rate, epochs=self.epochs, batch_size=self.batch_size,
-                            seed=self.seed, heldout_fraction=self.heldout_fraction),
+                            seed=self.seed, heldout_fraction=self.heldout_fraction,
+                            patience=self.patience or None),
             grpo=GrpoSettings(learning_rate=self.grpo_learning_rate, steps=self.grpo_steps,
                               num_generations=self.grpo_num_generations, temperature=self.grpo_temperature,
                               tolerance=self.grpo_tolerance),

@@ -88,3 +88,19 @@ def test_qlora_trains_a_4bit_adapter_on_cuda(model_dir, training_rows, tmp_path)
     summary = train_adapter(model_dir, training_rows, tmp_path / "q", _recipe())
     assert summary["qlora"] is True
     _loads(model_dir, tmp_path / "q")
+
+
+def test_patience_stops_training_and_keeps_the_same_epoch(model_dir, training_rows, tmp_path):  # noqa: F811
+    """Stopping after `patience` epochs without a better held-out score changes how long, not what is kept."""
+    def recipe(patience):
+        return AdapterRecipe(sft=SftSettings(epochs=8, batch_size=16, heldout_fraction=0.2, patience=patience))
+
+    full = train_adapter(model_dir, training_rows, tmp_path / "full", recipe(None))
+    assert full["epochs_run"] == 8
+    lines: list[str] = []
+    early = train_adapter(model_dir, training_rows, tmp_path / "early", recipe(2), log=lines.append)
+    stop = early["epochs_run"]
+    assert stop < 6 and any("stopping" in line for line in lines)
+    assert early["history"] == full["history"][:stop]  # the same epochs, cut short
+    assert stop - early["best_epoch"] == 2  # stopped two epochs after its best
+    assert early["best_epoch"] == full["best_epoch"] and early["digest"] == full["digest"]
