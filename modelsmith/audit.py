@@ -1,4 +1,4 @@
-"""The audit log: every change of champion (bootstrap, promotion, rejection, rollback), hash-chained.
+"""The audit log: every decision on the champion (bootstrap, promotion, rejection, rollback, refused attempts), hash-chained.
 
 `HOME/audit.jsonl` holds one canonical JSON object per line. Each entry carries `prev`, the digest
 of the entry before it (64 zeros for the first), and `digest`, the SHA-256 of its own canonical
@@ -16,6 +16,7 @@ from pathlib import Path
 
 GENESIS = "0" * 64
 MOVES = ("bootstrap", "approve", "rollback")  # actions that set the champion
+REFUSED = "refused"  # a decision the gate refused: recorded, moves nothing
 
 
 def audit_path(home: Path) -> Path:
@@ -62,7 +63,7 @@ def complete_interrupted_move(home: Path) -> str | None:
     """
     from modelsmith.model_dir import read_champion, write_champion
 
-    log = entries(home)
+    log = [e for e in entries(home) if e.get("action") != REFUSED]  # a refused attempt moves nothing
     if not log or log[-1].get("action") not in MOVES:
         return None
     last = log[-1]
@@ -105,7 +106,9 @@ def verify(home: Path) -> AuditReport:
             errors.append(f"{path.name} line {n}: prev does not match the digest of line {n - 1} (removed or reordered?)")
         if entry.get("seq") != n - 1:
             errors.append(f"{path.name} line {n}: seq {entry.get('seq')} where {n - 1} was expected")
-        prev, last = entry.get("digest"), entry
+        prev = entry.get("digest")
+        if entry.get("action") != REFUSED:
+            last = entry
         if entry.get("action") in MOVES:
             last_move = entry
     champion = read_champion(home)

@@ -6,7 +6,8 @@ the signer's public key, refuses a digest that matches no bundle, a bundle alrea
 bundle built against another champion, and (to approve) a candidate that failed a pin or regressed
 another segment. Every decision is signed (an in-toto Statement with a SLSA verification-summary
 predicate, in a DSSE envelope), recorded under `HOME/decisions/`, and appended to the audit log
-before the champion record is replaced atomically. The audit entry is the commit point: a decision
+before the champion record is replaced atomically; a refused decision is appended as a `refused`
+entry with its reason. The audit entry is the commit point: a decision
 killed before it leaves nothing decided (the same decision can be taken again), and one killed after
 it is completed (the champion record moved) by the next call into the gate.
 """
@@ -61,13 +62,24 @@ def decided(home: Path, digest: str) -> dict | None:
 
 
 def pending(home: Path) -> str:
-    """The newest bundle offered for promotion and not yet decided ('' when there is none): the Launchpad's default."""
+    """The newest bundle offered for promotion and not yet decided ('' when there is none)."""
     for digest, path in bundles(home):
         if decided(home, digest):
             continue
         if _summary_unverified(path).get("offer_for_promotion"):
             return digest
     return ""
+
+
+def newest_undecided(home: Path) -> tuple[str, bool]:
+    """(digest, offered) of the newest bundle not yet decided, whatever its verdict; ('', False) when none.
+
+    The Launchpad's default: a reviewer also closes refused cycles, with a reject.
+    """
+    for digest, path in bundles(home):
+        if not decided(home, digest):
+            return digest, bool(_summary_unverified(path).get("offer_for_promotion"))
+    return "", False
 
 
 def _summary_unverified(bundle_dir: Path) -> dict:
@@ -83,15 +95,29 @@ def _summary_unverified(bundle_dir: Path) -> dict:
 
 
 def decide(home: Path, decision: Decision, signer, run_id: str = "") -> dict:
-    """Apply one human decision; returns the decision record (also written under HOME/decisions/)."""
+    """Apply one human decision; returns the decision record (also written under HOME/decisions/).
+
+    A refused decision raises GateError after appending a `refused` entry (who, what, which bundle,
+    why) to the audit log: an attempt is part of the record even when it moves nothing.
+    """
+    home = Path(home)
+    audit.complete_interrupted_move(home)  # a decision killed after its audit entry moved the champion
+    try:
+        return _decide(home, decision, signer, run_id)
+    except GateError as refused:
+        audit.append(home, "refused", approver=decision.approver, decision=decision.decision,
+                     bundle=decision.bundle_digest, rollback_to=decision.rollback_to, reason=str(refused),
+                     dagster_run_id=run_id)
+        raise
+
+
+def _decide(home: Path, decision: Decision, signer, run_id: str) -> dict:
     from modelsmith.attest import sign_statement, statement, verify_bundle
 
-    home = Path(home)
     if not decision.approver.strip():
         raise GateError("approver: name the person deciding")
     if decision.decision not in DECISIONS:
         raise GateError(f"decision: must be one of {list(DECISIONS)}, got {decision.decision!r}")
-    audit.complete_interrupted_move(home)  # a decision killed after its audit entry moved the champion
     champion = read_champion(home)
     before = champion.model_version if champion else None
     now = datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,8 +1,9 @@
 """The human gate: `promotion`, launched from the Launchpad, is the only way the champion moves.
 
-The Launchpad of `promotion_job` is pre-filled with the newest undecided bundle's digest (read
-when the code location loads: reload it after a cycle). The approver, the decision and a note are
-the reviewer's to fill in.
+The Launchpad of `promotion_job` is pre-filled with the newest undecided bundle's digest, whatever
+its verdict (read when the code location loads: reload it after a cycle), and with `reject` when
+that bundle was not offered. The approver and a note are the reviewer's to fill in. A refused
+decision fails the run with the gate's one-line reason (`dg.Failure`) and is in the audit log.
 """
 
 from typing import Literal
@@ -10,7 +11,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from modelsmith.gate import DECISIONS, Decision, decide, pending
+from modelsmith.gate import DECISIONS, Decision, GateError, decide, newest_undecided
 from modelsmith.home import modelsmith_home
 from modelsmith.model_dir import short
 from resources.signer import SignerSettings
@@ -32,8 +33,14 @@ class PromotionConfig(dg.Config):
 def promotion(context: dg.AssetExecutionContext, config: PromotionConfig, storage: StorageEngine,
               signer: SignerSettings) -> dg.MaterializeResult:
     """A reviewer's decision on one evidence bundle: verified, signed, audited; on approval the champion moves."""
-    record = decide(storage.base(), Decision(config.approver, config.decision, config.bundle_digest, config.note,
-                                             config.rollback_to), signer.signer(), context.run.run_id)
+    try:
+        record = decide(storage.base(), Decision(config.approver, config.decision, config.bundle_digest, config.note,
+                                                 config.rollback_to), signer.signer(), context.run.run_id)
+    except GateError as refused:
+        raise dg.Failure(description=f"refused: {refused}", metadata={
+            "reason": str(refused), "decision": config.decision, "approver": config.approver,
+            "bundle_digest": config.bundle_digest or "none", "recorded": "audit.jsonl (action: refused)"},
+            allow_retries=False) from None
     context.log.info(f"{config.decision} by {config.approver}: champion {short(record['champion_before'] or '')} -> "
                      f"{short(record['champion_after'] or '')}")
     return dg.MaterializeResult(metadata={
@@ -44,8 +51,9 @@ def promotion(context: dg.AssetExecutionContext, config: PromotionConfig, storag
 
 
 def gate_defs() -> dg.Definitions:
-    """`promotion_job`, its Launchpad pre-filled with the pending bundle of this Modelsmith home."""
-    prefill = {"approver": "", "decision": "approve", "bundle_digest": pending(modelsmith_home()), "note": "",
+    """`promotion_job`, its Launchpad pre-filled with the newest undecided bundle of this Modelsmith home."""
+    digest, offered = newest_undecided(modelsmith_home())
+    prefill = {"approver": "", "decision": "approve" if offered else "reject", "bundle_digest": digest, "note": "",
                "rollback_to": ""}
     job = dg.define_asset_job("promotion_job", selection=[promotion], config={"ops": {"promotion": {"config": prefill}}},
                               description="Approve, reject or roll back: the only way the champion moves")

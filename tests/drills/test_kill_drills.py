@@ -380,7 +380,7 @@ def test_promotion_killed_before_and_after_its_audit_entry(tmp_path, adapter_fil
     with pytest.raises(GateError, match="already decided: approve by ana"):
         _decide_again(home, digest)
     assert read_champion(home).model_version == adapter and audit.verify(home).ok  # completed by the gate
-    assert _audit_lines_intact(home) == ["bootstrap", "approve"]  # nothing recorded twice
+    assert _audit_lines_intact(home) == ["bootstrap", "approve", "refused"]  # the approval once; the retry refused
     assert hidden(home / "decisions") == []
     _record("promotion", kill_at_s=round(killed.after_s, 1))
 

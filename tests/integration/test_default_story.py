@@ -242,6 +242,7 @@ def test_promotion_from_the_launchpad_moves_the_champion_and_nothing_else_can(ho
     assert pending(home) == digest
     prefill = build_definitions().resolve_job_def("promotion_job").run_config["ops"]["promotion"]["config"]
     assert prefill["bundle_digest"] == pending(home) and prefill["approver"] == ""  # the Launchpad's default
+    assert prefill["decision"] == "approve"  # offered: approve is the default; a refused bundle defaults to reject
 
     client = DagsterGraphQLClient("127.0.0.1", port_number=dagster_dev)
     before = read_champion(home).model_version
@@ -259,7 +260,12 @@ def test_promotion_from_the_launchpad_moves_the_champion_and_nothing_else_can(ho
     assert CliRunner().invoke(main, ["audit", "verify"]).exit_code == 0
     log = home / "audit.jsonl"
     lines = log.read_text().splitlines()
-    log.write_text("\n".join([*lines[:-1], lines[-1].replace('"ana"', '"eve"')]) + "\n")
+    refused = json.loads(lines[-1])  # bo's second approval: refused, and on the record
+    assert (refused["action"], refused["approver"], refused["bundle"]) == ("refused", "bo", digest)
+    assert "already decided: approve by ana" in refused["reason"]
+    approved = next(n for n, line in enumerate(lines) if '"action":"approve"' in line)
+    tampered_lines = [*lines[:approved], lines[approved].replace('"ana"', '"eve"'), *lines[approved + 1:]]
+    log.write_text("\n".join(tampered_lines) + "\n")
     tampered = CliRunner().invoke(main, ["audit", "verify"])
     assert tampered.exit_code == 1 and "digest does not match" in tampered.output
     log.write_text("\n".join(lines) + "\n")  # restored: the next test goes on from this home

@@ -6,7 +6,7 @@ import pytest
 
 from modelsmith import audit
 from modelsmith.attest import write_bundle
-from modelsmith.gate import Decision, GateError, decide, pending
+from modelsmith.gate import Decision, GateError, decide, newest_undecided, pending
 from modelsmith.model_dir import Registry, bootstrap_champion, read_champion
 from resources.signer import Ed25519Signer
 
@@ -49,7 +49,11 @@ def test_approve_then_refuse_a_second_decision_then_roll_back(gate):
         decide(home, Decision("ana", "rollback", rollback_to="f" * 16), signer)
     decide(home, Decision("ana", "rollback", note="bad in prod", rollback_to=base.key), signer)
     assert read_champion(home).model_version == base.digest
-    assert audit.verify(home).ok and [e["action"] for e in audit.entries(home)] == ["bootstrap", "approve", "rollback"]
+    log = audit.entries(home)
+    assert audit.verify(home).ok and [e["action"] for e in log] == ["bootstrap", "approve", "refused", "refused",
+                                                                      "rollback"]
+    assert (log[2]["approver"], log[2]["decision"], log[2]["bundle"]) == ("bo", "reject", digest)
+    assert "already decided: approve by ana" in log[2]["reason"] and "never champion" in log[3]["reason"]
 
 
 def test_a_candidate_not_offered_cannot_be_approved_but_can_be_rejected(gate):
@@ -76,3 +80,38 @@ def test_a_tampered_or_unknown_or_stale_bundle_is_refused(gate):
         decide(home, Decision(" ", "approve", fine), signer)
     assert read_champion(home).model_version == base.digest
     assert hashlib.sha256((home / "bundles" / "c4" / "bundle.dsse.json").read_bytes()).hexdigest() == fine
+
+
+def test_the_launchpad_default_is_the_newest_undecided_bundle_whatever_its_verdict(gate):
+    home, base, adapter, signer = gate
+    assert newest_undecided(home) == ("", False)
+    refused = _bundle(home, signer, "c5", adapter.digest, base.digest, offered=False)
+    assert newest_undecided(home) == (refused, False) and pending(home) == ""  # not offered: still to be closed
+    decide(home, Decision("ana", "reject", refused, "flagged Sports/app"), signer)
+    assert newest_undecided(home) == ("", False)
+
+
+def test_a_refused_promotion_run_fails_with_the_reason_and_is_audited(gate, monkeypatch):
+    import dagster as dg
+
+    from modelsmith_assets.gate import gate_defs
+    from resources.signer import SignerSettings
+    from resources.storage import LocalStorage
+
+    home, base, adapter, signer = gate
+    digest = _bundle(home, signer, "c6", adapter.digest, base.digest, offered=False)
+    monkeypatch.setenv("MODELSMITH_HOME", str(home))
+    resources = {"storage": LocalStorage(root=str(home)), "signer": SignerSettings(key_dir=str(home / "keys"))}
+    job = dg.Definitions.merge(gate_defs(), dg.Definitions(resources=resources)).resolve_job_def("promotion_job")
+    assert job.run_config["ops"]["promotion"]["config"] == {  # the Launchpad: this bundle, and reject by default
+        "approver": "", "decision": "reject", "bundle_digest": digest, "note": "", "rollback_to": ""}
+    result = job.execute_in_process(raise_on_error=False, run_config={"ops": {"promotion": {
+        "config": {"approver": "eve", "decision": "approve", "bundle_digest": digest}}}})
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE").step_failure_data
+    assert failure.user_failure_data.description.startswith(f"refused: bundle {digest[:16]}: the candidate is not "
+                                                            "offered for promotion")
+    assert "Traceback" not in failure.user_failure_data.description
+    entry = audit.entries(home)[-1]
+    assert (entry["action"], entry["approver"], entry["bundle"]) == ("refused", "eve", digest) and audit.verify(home).ok
+    assert read_champion(home).model_version == base.digest
