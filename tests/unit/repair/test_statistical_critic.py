@@ -147,3 +147,6 @@ def test_a_change_across_some_segments_targets_the_cause_in_their_union_with_nea
                                    "vertical": {"in": ["Politics", "Sports", "Travel"]}}
     assert d.synthesis.contrast_share == 0.3  # the same floors in the verticals that did not regress
     assert d.synthesis.replay_ratio == 3.0  # and twice the replay, so the cause is not learnt where it does not apply
+    # and the segments' own rows without the cause, labelled by the policy (in-segment near misses)
+    assert d.synthesis.segment == {"inventory_type": {"in": ["app", "site"]},
+                                   "vertical": {"in": ["Politics", "Sports", "Travel"]}}
