@@ -59,3 +59,33 @@ def benchmark_delta_for(before_run: str | Path, after_run: str | Path, targets: 
             "inconclusive": by["inconclusive"],
             "offer_for_promotion": bool(targets) and not by["not repaired"] and not by["flagged"],
             "pins": rows}
+
+
+def blocking_pins(delta: dict) -> list[dict]:
+    """The pins that keep a candidate from being offered (targets not repaired, others flagged), with their numbers."""
+    keep = ("pin", "status", "rows", "before", "after", "delta", "p_adjusted", "reasons")
+    rows = [{k: p.get(k) for k in keep} for p in delta["pins"] if p["status"] in ("not repaired", "flagged")]
+    measured = {p["pin"] for p in delta["pins"]}
+    rows += [{"pin": t, "status": "not repaired", "rows": 0, "before": None, "after": None, "delta": None,
+              "p_adjusted": None, "reasons": "the candidate was not pinned on it"}
+             for t in delta["not_repaired"] if t not in measured]
+    return rows
+
+
+def verdict_sentence(delta: dict) -> str:
+    """The cycle's verdict in one sentence, each blocking pin with its numbers and reasons.
+
+    The same words in the `evidence_bundle` metadata, its `candidate_offered` check and the CLI.
+    """
+    if delta["offer_for_promotion"]:
+        return (f"offered for promotion: repaired {', '.join(delta['repaired'])}; nothing flagged"
+                + (f"; {len(delta['inconclusive'])} pins inconclusive (too small to vouch for)"
+                   if delta["inconclusive"] else ""))
+    parts = []
+    for status in ("not repaired", "flagged"):
+        pins = [p for p in blocking_pins(delta) if p["status"] == status]
+        if pins:
+            parts.append(f"{status}: " + "; ".join(
+                f"{p['pin']} ({p['before']:.3f} -> {p['after']:.3f}: {p['reasons'] or 'no reason recorded'})"
+                if p["after"] is not None else f"{p['pin']} ({p['reasons']})" for p in pins))
+    return "not offered: " + ("; ".join(parts) or "no regressed pin to repair")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from modelsmith.cycles import CYCLES, cycle_dir, open_cycle
+from modelsmith.delta import verdict_sentence
 from modelsmith.evidence import cycle_bundle_dirs
 from modelsmith.model_dir import Registry, file_sha256, read_champion, short
 
@@ -57,8 +58,17 @@ def run_pass(defs, instance, home: Path, replay_dir: str | None, log: Callable[[
     log(f"repair: cycle {cycle} for {', '.join(summary['regressed'])} (traces, diagnosis, data, adapter, pins, bundle)")
     result = defs.resolve_job_def("repair_cycle_job").execute_in_process(
         instance=instance, partition_key=cycle, raise_on_error=False, tags=TRIGGER)
-    summary |= {"cycle": cycle, "cycle_success": result.success, "cycle_time_s": round(time.monotonic() - detected, 1)}
+    summary |= {"cycle": cycle, "cycle_success": result.success or refused_by_its_gate_check(result),
+                "cycle_time_s": round(time.monotonic() - detected, 1)}
     return summary | cycle_outcome(home, cycle)
+
+
+def refused_by_its_gate_check(result) -> bool:
+    """A repair run whose only failure is `candidate_offered`: the cycle ran to its verdict, which is a refusal."""
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    return bool(failures) and all(e.step_key == "evidence_bundle" and
+                                  e.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError"
+                                  for e in failures)
 
 
 def cycle_outcome(home: Path, cycle: str) -> dict:
@@ -85,9 +95,7 @@ def cycle_outcome(home: Path, cycle: str) -> dict:
                             "Reload definitions first), open the Launchpad of promotion_job (pre-filled with "
                             f"bundle_digest {out['bundle_digest']}), name the approver and launch")
     elif "offer_for_promotion" in out:
-        out["verdict"] = ("not offered: " + "; ".join(filter(None, [
-            f"not repaired: {', '.join(out['not_repaired'])}" if out.get("not_repaired") else "",
-            f"flagged: {', '.join(out['flagged'])}" if out.get("flagged") else ""])))
+        out["verdict"] = verdict_sentence(delta)
     else:
         out["verdict"] = "the cycle failed before its benchmark delta; see the run log"
     return out

@@ -16,7 +16,7 @@ import polars as pl
 from modelsmith.cycles import CYCLES, cycle_dir, read_cycle
 from modelsmith.atomic import write_with
 from modelsmith.critics import CriticInput
-from modelsmith.delta import benchmark_delta_for
+from modelsmith.delta import benchmark_delta_for, blocking_pins, verdict_sentence
 from modelsmith.diagnosis import diagnosis_from_dict
 from modelsmith.evaluate import markdown_table
 from modelsmith.model_card import adapter_card, write_card
@@ -250,9 +250,14 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
             "delta": dg.MetadataValue.md(to_markdown(shown.sort("delta"), max_rows=200)),
         })
 
-    @dg.asset(group_name=GROUP, partitions_def=repair_cycles, deps=[benchmark_delta], kinds={"json"})
-    def evidence_bundle(context: dg.AssetExecutionContext, storage: StorageEngine,
-                        signer: SignerSettings) -> dg.MaterializeResult:
+    offered_check = dg.AssetCheckSpec(
+        "candidate_offered", asset="evidence_bundle", blocking=True,
+        description="The cycle offers its candidate: every target repaired, no other pin flagged. Fails (and fails "
+                    "the run) on a refusal, listing each blocking pin with its numbers and reasons.")
+
+    @dg.asset(group_name=GROUP, partitions_def=repair_cycles, deps=[benchmark_delta], kinds={"json"},
+              check_specs=[offered_check])
+    def evidence_bundle(context: dg.AssetExecutionContext, storage: StorageEngine, signer: SignerSettings):
         """The signed evidence a reviewer approves: traces, diagnosis, lineage, delta, integrity, report, attestations."""
         from modelsmith.evidence import assemble
 
@@ -270,8 +275,8 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         cycle_time = (datetime.now(UTC) - datetime.fromisoformat(started)).total_seconds()
         delta = storage.get_json(f"cycles/{key}/benchmark_delta.json")
         shown = pl.DataFrame(delta["pins"]).select("pin", "before", "after", "delta", "p_value", "status")
-        verdict = "offered for promotion" if delta["offer_for_promotion"] else "not offered"
-        return dg.MaterializeResult(metadata={
+        verdict = verdict_sentence(delta)
+        yield dg.MaterializeResult(metadata={
             "verdict": verdict, "bundle_digest": info.digest, "candidate": delta["candidate"],
             "cycle_time_s": round(cycle_time, 1),
             "report": dg.MetadataValue.path(str(info.path / "report.html")),
@@ -279,8 +284,16 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
             "files": len(info.files), "signed_by": signer.signer().key_id(),
             "delta": dg.MetadataValue.md(to_markdown(shown.sort("delta"), max_rows=200)),
             "next": "launch promotion_job from the Launchpad with this bundle_digest" if delta["offer_for_promotion"]
-            else "rejected by the cycle: a target was not repaired or another pin was flagged",
+            else "close it: launch promotion_job with this bundle_digest and decision reject",
         })
+        blocking = pl.DataFrame(blocking_pins(delta), schema={
+            "pin": pl.String, "status": pl.String, "rows": pl.Int64, "before": pl.Float64, "after": pl.Float64,
+            "delta": pl.Float64, "p_adjusted": pl.Float64, "reasons": pl.String})
+        yield dg.AssetCheckResult(
+            check_name="candidate_offered", passed=bool(delta["offer_for_promotion"]),
+            severity=dg.AssetCheckSeverity.ERROR, description=verdict[:1000],
+            metadata={"verdict": verdict, "bundle_digest": info.digest, "blocking_pins": blocking.height,
+                      "pins": dg.MetadataValue.md(to_markdown(blocking, max_rows=200))})
 
     assets = [failure_traces_asset, diagnosis, synthetic_dataset, adapter, candidate_pins, benchmark_delta,
               evidence_bundle]

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from modelsmith.delta import benchmark_delta_for
+from modelsmith.delta import benchmark_delta_for, blocking_pins, verdict_sentence
 from modelsmith.pin_runs import pin, store
 from modelsmith.pins import parse_pins
 from resources.inference import TransformersEngine
@@ -103,7 +103,8 @@ def test_offered_only_when_every_target_is_repaired_and_nothing_is_flagged(engin
     after_run, _ = _after(engine, labelled, home, pins)
     delta = benchmark_delta_for(before_run, after_run, ["gaming", "site"])
     assert delta["repaired"] == ["gaming", "site"] and delta["not_repaired"] == [] and delta["flagged"] == []
-    assert delta["offer_for_promotion"] is True
+    assert delta["offer_for_promotion"] is True and blocking_pins(delta) == []
+    assert verdict_sentence(delta).startswith("offered for promotion: repaired gaming, site; nothing flagged")
     assert benchmark_delta_for(before_run, after_run, [])["offer_for_promotion"] is False  # nothing to repair
 
     # the same run with one target failing is not offered
@@ -111,6 +112,13 @@ def test_offered_only_when_every_target_is_repaired_and_nothing_is_flagged(engin
     after_fail, _ = _after(engine, labelled, home, failing)
     delta = benchmark_delta_for(before_run, after_fail, ["gaming", "site"])
     assert delta["not_repaired"] == ["site"] and delta["flagged"] == [] and delta["offer_for_promotion"] is False
+    # the verdict names the pin that blocked, with its numbers and the evaluator's reason
+    (site,) = [p for p in delta["pins"] if p["pin"] == "site"]
+    assert blocking_pins(delta) == [{k: site[k] for k in ("pin", "status", "rows", "before", "after", "delta",
+                                                             "p_adjusted", "reasons")}]
+    assert verdict_sentence(delta) == (f"not offered: not repaired: site ({site['before']:.3f} -> {site['after']:.3f}: "
+                                       f"{site['reasons']})")
+    assert "below floor 1" in site["reasons"]
 
 
 def test_a_regressed_pin_is_flagged_even_when_it_passes(engine, labelled, home, before_run, tmp_path):
@@ -125,6 +133,7 @@ def test_a_regressed_pin_is_flagged_even_when_it_passes(engine, labelled, home, 
     assert metrics.filter(pl.col("pin") == "sports")["passed"].item() is True
     delta = benchmark_delta_for(before_run, regressed, ["gaming"])
     assert delta["flagged"] == ["sports"] and delta["offer_for_promotion"] is False
+    assert verdict_sentence(delta).startswith("not offered: flagged: sports (")
 
 
 def test_a_pin_the_champion_was_not_run_on_is_left_out(engine, labelled, home, before_run):
