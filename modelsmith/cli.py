@@ -334,6 +334,49 @@ def audit_verify(home: Path | None) -> None:
         sys.exit(1)
 
 
+@main.group("gate")
+def gate_group() -> None:
+    """Reviewers' keys and signed decisions for the promotion gate."""
+
+
+@gate_group.command("keygen")
+@click.argument("key_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="The reviewer's name, as the reviewers file will list it")
+@click.option("--may", default="approve,reject", show_default=True,
+              help="Decisions this reviewer may take (comma-separated: approve, reject, rollback)")
+def gate_keygen(key_dir: Path, name: str, may: str) -> None:
+    """Create a reviewer's Ed25519 key in KEY_DIR (private key mode 0600) and print their reviewers.yaml entry."""
+    import yaml
+
+    from resources.signer import Ed25519Signer
+
+    pem = Ed25519Signer(key_dir).public_key_pem()
+    entry = {"name": name, "public_key": pem, "may": [m.strip() for m in may.split(",") if m.strip()]}
+    click.echo(yaml.safe_dump({"reviewers": [entry]}, sort_keys=False).rstrip())
+
+
+@gate_group.command("sign")
+@click.argument("bundle_digest", default="")
+@click.option("--key-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The reviewer's own key directory (from `modelsmith gate keygen`)")
+@click.option("--reviewer", required=True, help="Your name, as the reviewers file lists it")
+@click.option("--decision", type=click.Choice(["approve", "reject", "rollback"]), default="approve", show_default=True)
+@click.option("--rollback-to", default="", help="For a rollback: the version key or digest")
+@click.option("--note", default="")
+def gate_sign(bundle_digest: str, key_dir: Path, reviewer: str, decision: str, rollback_to: str, note: str) -> None:
+    """Sign a decision on BUNDLE_DIGEST; paste the printed line into the Launchpad's `signature`."""
+    from modelsmith.reviewers import ReviewerError, sign_approval
+
+    if not (Path(key_dir) / "ed25519.key").is_file():
+        click.echo(f"--key-dir: no ed25519.key in {key_dir}; create one with `modelsmith gate keygen`", err=True)
+        sys.exit(2)
+    try:
+        click.echo(sign_approval(key_dir, reviewer, decision, bundle_digest, rollback_to, note))
+    except ReviewerError as e:
+        click.echo(str(e), err=True)
+        sys.exit(2)
+
+
 @main.group("bundle")
 def bundle_group() -> None:
     """Signed evidence bundles: verify one offline."""

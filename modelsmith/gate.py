@@ -14,7 +14,7 @@ it is completed (the champion record moved) by the next call into the gate.
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,6 +38,7 @@ class Decision:
     bundle_digest: str = ""
     note: str = ""
     rollback_to: str = ""  # a model version key or digest that was champion before (decision "rollback")
+    signature: str = ""  # a reviewer's signed approval (`modelsmith gate sign`), required when the home lists reviewers
 
 
 def bundles(home: Path) -> list[tuple[str, Path]]:
@@ -111,13 +112,42 @@ def decide(home: Path, decision: Decision, signer, run_id: str = "") -> dict:
         raise
 
 
+def _signed_by(home: Path, decision: Decision) -> dict:
+    """Who signed this decision (`reviewer_key_id`, `approval_sha256`), checked against the reviewers file.
+
+    {} when the home lists no reviewers: the approver is then a name typed into the Launchpad, and the
+    decision record says so (`reviewer_verified: false`).
+    """
+    from modelsmith import reviewers
+
+    path = reviewers.reviewers_path(home)
+    if not path.exists():
+        return {}
+    try:
+        signed = reviewers.check_approval(decision.signature, reviewers.load_reviewers(path), decision.approver,
+                                          decision.decision, decision.bundle_digest, decision.rollback_to)
+    except reviewers.ReviewerError as e:
+        raise GateError(str(e)) from None
+    used = next((e for e in audit.entries(home) if e.get("approval_sha256") == signed.sha256), None)
+    if used:
+        raise GateError(f"signature: this signed approval was already used (audit entry {used['seq']}, {used['action']} "
+                        f"at {used['at']}): sign the decision again")
+    return {"approver": signed.reviewer.name, "reviewer_key_id": signed.reviewer.key_id,
+            "approval_sha256": signed.sha256}
+
+
 def _decide(home: Path, decision: Decision, signer, run_id: str) -> dict:
     from modelsmith.attest import sign_statement, statement, verify_bundle
 
+    signed = _signed_by(home, decision)
+    if signed:
+        decision = replace(decision, approver=signed["approver"])
     if not decision.approver.strip():
         raise GateError("approver: name the person deciding")
     if decision.decision not in DECISIONS:
         raise GateError(f"decision: must be one of {list(DECISIONS)}, got {decision.decision!r}")
+    identity = {"reviewer_verified": bool(signed), "reviewer_key_id": signed.get("reviewer_key_id", ""),
+                "approval_sha256": signed.get("approval_sha256", "")}
     champion = read_champion(home)
     before = champion.model_version if champion else None
     now = datetime.now(UTC).isoformat(timespec="seconds")
@@ -160,18 +190,19 @@ def _decide(home: Path, decision: Decision, signer, run_id: str) -> dict:
         "verificationResult": "FAILED" if decision.decision == "reject" else "PASSED",
         "verifiedLevels": [],
         "modelsmith": {"approver": decision.approver, "decision": decision.decision, "note": decision.note,
-                       "champion_before": before, "champion_after": target, "dagster_run_id": run_id},
+                       "champion_before": before, "champion_after": target, "dagster_run_id": run_id, **identity},
     }
     envelope = sign_statement(statement([subject], VSA, predicate), signer)
     out = Path(home) / "decisions"
     write_bytes(out / f"{digest}.dsse.json", envelope)
-    record = {**asdict(decision), "bundle_digest": digest if bundle_dir else "", "at": now,
+    record = {**{k: v for k, v in asdict(decision).items() if k != "signature"}, **identity,
+              "bundle_digest": digest if bundle_dir else "", "at": now,
               "champion_before": before, "champion_after": target, "attestation": str(out / f"{digest}.dsse.json"),
               "attestation_sha256": hashlib.sha256(envelope).hexdigest(), "dagster_run_id": run_id}
     write_text(decision_path(home, digest), json.dumps(record, indent=2))
     audit.append(home, decision.decision, approver=decision.approver, bundle=record["bundle_digest"],
                  champion_before=before, champion_after=target, attestation_sha256=record["attestation_sha256"],
-                 note=decision.note)
+                 note=decision.note, **({k: v for k, v in identity.items() if k != "reviewer_verified"} if signed else {}))
     if decision.decision in ("approve", "rollback"):
         write_champion(home, target, by=decision.approver,
                        reason=f"{decision.decision} {('bundle ' + digest[:16]) if bundle_dir else ''}".strip())

@@ -27,6 +27,9 @@ class PromotionConfig(dg.Config):
     bundle_digest: str = Field("", description="SHA-256 of the bundle.dsse.json you reviewed")
     note: str = Field("", description="Why")
     rollback_to: str = Field("", description="For a rollback: the earlier champion's version key or digest")
+    signature: str = Field("", description="Your signed decision: the output of `modelsmith gate sign` (required "
+                                           "when the home lists reviewers in reviewers.yaml; the approver is then "
+                                           "the key's reviewer)")
 
 
 @dg.asset(group_name=GROUP, kinds={"json"})
@@ -35,7 +38,7 @@ def promotion(context: dg.AssetExecutionContext, config: PromotionConfig, storag
     """A reviewer's decision on one evidence bundle: verified, signed, audited; on approval the champion moves."""
     try:
         record = decide(storage.base(), Decision(config.approver, config.decision, config.bundle_digest, config.note,
-                                                 config.rollback_to), signer.signer(), context.run.run_id)
+                                                 config.rollback_to, config.signature), signer.signer(), context.run.run_id)
     except GateError as refused:
         raise dg.Failure(description=f"refused: {refused}", metadata={
             "reason": str(refused), "decision": config.decision, "approver": config.approver,
@@ -47,6 +50,7 @@ def promotion(context: dg.AssetExecutionContext, config: PromotionConfig, storag
         "decision": config.decision, "approver": config.approver, "bundle_digest": record["bundle_digest"] or "none",
         "champion_before": record["champion_before"] or "none", "champion_after": record["champion_after"] or "none",
         "attestation": dg.MetadataValue.path(record["attestation"]), "note": config.note,
+        "reviewer_verified": record["reviewer_verified"], "reviewer_key_id": record["reviewer_key_id"] or "none",
     })
 
 
@@ -54,7 +58,7 @@ def gate_defs() -> dg.Definitions:
     """`promotion_job`, its Launchpad pre-filled with the newest undecided bundle of this Modelsmith home."""
     digest, offered = newest_undecided(modelsmith_home())
     prefill = {"approver": "", "decision": "approve" if offered else "reject", "bundle_digest": digest, "note": "",
-               "rollback_to": ""}
+               "rollback_to": "", "signature": ""}
     job = dg.define_asset_job("promotion_job", selection=[promotion], config={"ops": {"promotion": {"config": prefill}}},
                               description="Approve, reject or roll back: the only way the champion moves")
     return dg.Definitions(assets=[promotion], jobs=[job])

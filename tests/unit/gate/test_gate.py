@@ -104,7 +104,7 @@ def test_a_refused_promotion_run_fails_with_the_reason_and_is_audited(gate, monk
     resources = {"storage": LocalStorage(root=str(home)), "signer": SignerSettings(key_dir=str(home / "keys"))}
     job = dg.Definitions.merge(gate_defs(), dg.Definitions(resources=resources)).resolve_job_def("promotion_job")
     assert job.run_config["ops"]["promotion"]["config"] == {  # the Launchpad: this bundle, and reject by default
-        "approver": "", "decision": "reject", "bundle_digest": digest, "note": "", "rollback_to": ""}
+        "approver": "", "decision": "reject", "bundle_digest": digest, "note": "", "rollback_to": "", "signature": ""}
     result = job.execute_in_process(raise_on_error=False, run_config={"ops": {"promotion": {
         "config": {"approver": "eve", "decision": "approve", "bundle_digest": digest}}}})
     assert not result.success
