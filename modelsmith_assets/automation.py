@@ -5,8 +5,9 @@
 - `champion_repin_sensor`: every new `replayed_auctions` (or `base_model`) materialisation re-pins
   the champion's partition; with no champion yet it builds the base model first.
 - `pin_regression_sensor`: a champion `regression_report` with regressed pins opens a repair cycle
-  (its dynamic partition) and launches `repair_cycle_job` for it, once (run key = cycle id). The
-  report lists only pins the paired test confirmed, so noise opens nothing.
+  (its dynamic partition) and launches `repair_cycle_job` for it, once (run key = cycle id), unless
+  a run of that cycle exists already (the headless loop's, say). The report lists only pins the
+  paired test confirmed, so noise opens nothing.
 - `nightly_repin`: 03:00 every day, the scenario stage; the repin sensor follows.
 
 Each decision is a plain function over the instance and the home, which tests call directly.
@@ -100,6 +101,8 @@ def regression_requests(instance: dg.DagsterInstance, home: Path, cursor: int):
         cycle = open_cycle(home, report)
         if cycle in cycles:
             continue  # the same regression reported twice since the last tick (a re-pin, a backfill): one request
+        if instance.get_run_ids(dg.RunsFilter(job_name=REPAIR_JOB, tags={"dagster/partition": cycle}), limit=1):
+            continue  # already run (by `modelsmith loop`, a person, or an earlier daemon): a re-run is a backfill
         cycles.append(cycle)
         requests.append(dg.RunRequest(job_name=REPAIR_JOB, partition_key=cycle, run_key=f"cycle-{cycle}",
                                       tags={"modelsmith/trigger": "pin regression", "modelsmith/cycle": cycle}))
@@ -137,7 +140,7 @@ def automation_defs(jobs: dict) -> dg.Definitions:
                                storage: StorageEngine):
         """Re-run the scenario stage when the active policy or the replay files change."""
         fingerprint = scenarios.fingerprint(storage.base())
-        if context.cursor is None and last_scenario_fingerprint(context.instance) == fingerprint:
+        if not context.cursor and last_scenario_fingerprint(context.instance) == fingerprint:  # None, or the UI's ""
             context.update_cursor(fingerprint)  # first tick: the latest materialisation is already of this state
             return dg.SkipReason("the latest replayed_auctions already reflects this policy and these replay files")
         if context.cursor == fingerprint:

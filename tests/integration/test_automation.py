@@ -42,6 +42,9 @@ def test_scenario_changes_rerun_the_scenario_stage_once_each(world):
     home, replay, resources, defs, instance = world
     first = _tick(defs, "scenario_change_sensor", instance, resources)
     assert [r.job_name or "materialize_scenarios_job" for r in first.run_requests] == ["materialize_scenarios_job"]
+    _run(defs, "materialize_scenarios_job", instance, resources)
+    for cursor in (None, ""):  # the daemon's first tick (None) and the UI's tick preview ("") agree: nothing to do
+        assert not _tick(defs, "scenario_change_sensor", instance, resources, cursor).run_requests
     assert not _tick(defs, "scenario_change_sensor", instance, resources, first.cursor).run_requests  # unchanged
     (replay / "new.jsonl").write_text("{}\n")
     landed = _tick(defs, "scenario_change_sensor", instance, resources, first.cursor)
@@ -92,6 +95,14 @@ def test_new_scenarios_build_the_base_then_repin_the_champion_and_a_regression_o
     assert not _tick(defs, "pin_regression_sensor", instance, resources, opened.cursor).run_requests  # once
     replay = _tick(defs, "pin_regression_sensor", instance, resources, quiet.cursor)  # a re-evaluated tick
     assert [r.run_key for r in replay.run_requests] == [request.run_key]  # same run key: Dagster runs it once
+    # Once the cycle has a run (here as `modelsmith loop` launches it: no run key), a daemon started on
+    # this home from an empty cursor never launches it again.
+    from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus, make_new_run_id
+
+    instance.add_run(DagsterRun(job_name="repair_cycle_job", run_id=make_new_run_id(), status=DagsterRunStatus.SUCCESS,
+                                tags={"dagster/partition": request.partition_key, "modelsmith/trigger": "modelsmith loop"}))
+    fresh = _tick(defs, "pin_regression_sensor", instance, resources)
+    assert not fresh.run_requests and int(fresh.cursor) >= int(opened.cursor)
 
 
 def test_the_nightly_schedule_reingests_at_three():
