@@ -143,9 +143,12 @@ def _plots(delta: dict, history: pl.DataFrame) -> list[tuple[str, str]]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (integer run axis)
 
     matplotlib.rcParams["svg.hashsalt"] = "modelsmith"  # stable element ids: the same inputs give the same bytes
     pins = sorted(delta["pins"], key=lambda p: (not p["target"], p["delta"]))[:30]
+    shown = (f"all {len(pins)} pins" if len(pins) == len(delta["pins"]) else
+             f"{len(pins)} of {len(delta['pins'])} pins: the targets, then the largest drops (every pin is in the table)")
     y = list(range(len(pins)))
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(pins) + 1))
     for off, when, color in ((-0.15, "before", "#999999"), (0.15, "after", "#1f77b4")):
@@ -167,19 +170,28 @@ def _plots(delta: dict, history: pl.DataFrame) -> list[tuple[str, str]]:
     latency = _svg(fig)
 
     fig, ax = plt.subplots(figsize=(7, 3))
-    for version, runs in history.group_by("model_version", maintain_order=True):
-        ax.plot(range(runs.height), runs["accuracy"].to_list(), marker="o", label=short(version[0]))
-    ax.set_xlabel("pin run (oldest first)")
+    runs_in_order = sorted(set(history["created"].to_list())) if history.height else []
+    role = {delta["champion"]: "champion", delta["candidate"]: "candidate"}
+    for (version, pin), runs in (history.group_by("model_version", "pin", maintain_order=True) if history.height else []):
+        ax.plot([runs_in_order.index(c) + 1 for c in runs["created"]], runs["accuracy"].to_list(), marker="o",
+                label=f"{role.get(version, 'earlier version')} {short(version)}: {pin}")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("pin run, in the order they ran (1 = oldest)")
     ax.set_ylabel("accuracy")
-    ax.legend(fontsize=7)
+    if history.height:
+        ax.legend(fontsize=6)
     trend = _svg(fig)
     target = ", ".join(delta["targets"])
-    return [("Accuracy per pin, before and after (* = repaired target)", accuracy),
-            ("p99 latency per pin, before vs after", latency), (f"Pin history of {target}", trend)]
+    return [(f"Accuracy per pin, before (grey) and after (blue), 95% intervals: {shown}; * = a target", accuracy),
+            ("p99 latency per decision and pin, before vs after (on the diagonal: unchanged)", latency),
+            (f"Pin history of {target}: every run of every version", trend)]
 
 
-def report_html(delta: dict, diagnosis: dict, history: pl.DataFrame, integrity_record: dict) -> str:
+def report_html(delta: dict, diagnosis: dict, history: pl.DataFrame, integrity_record: dict, review=None) -> str:
+    from modelsmith.review import review_html
+
     verdict = "OFFERED FOR PROMOTION" if delta["offer_for_promotion"] else "NOT OFFERED"
+    reviewed = review_html(review) if review is not None else ""
     esc = html.escape
     rows = "".join(
         f"<tr class='{esc(p['status'].replace(' ', '-'))}'><td>{esc(p['pin'])}</td><td>{p['rows']}</td>"
@@ -201,7 +213,9 @@ Flagged: {esc(', '.join(delta['flagged']) or 'none')}. Composite {delta['composi
 <p>Inconclusive ({len(inconclusive)} pins: the segment is too small to detect its max_drop, or a drop was neither
 shown nor ruled out; they neither refuse nor vouch for the candidate): {esc(', '.join(inconclusive) or 'none')}.
 Failures need evidence: p-values are Holm-adjusted across the run's pins at the pin file's alpha.</p>
+<p><strong>{esc(review.verdict if review is not None else verdict)}</strong></p>
 <h2>Diagnosis ({esc(diagnosis['provenance']['critic'])})</h2><p>{esc(diagnosis['hypothesis'])}</p>
+{reviewed}
 {plots}
 <h2>Every pin</h2><table><tr><th>pin</th><th>rows</th><th>before</th><th>after</th><th>delta</th><th>p (Holm)</th>
 <th>p99 before ms</th><th>p99 after ms</th><th>status</th><th>why</th></tr>{rows}</table>
@@ -290,6 +304,7 @@ def assemble(home: Path, cycle_key: str, run_ids: dict[str, str], started: str, 
     from modelsmith.attest import write_bundle, write_tar
     from modelsmith.cycles import cycle_dir, read_cycle
     from modelsmith.pin_runs import history
+    from modelsmith.review import build_review
 
     home = Path(home)
     cdir = cycle_dir(home, cycle_key)
@@ -311,7 +326,8 @@ def assemble(home: Path, cycle_key: str, run_ids: dict[str, str], started: str, 
         "benchmark_delta.parquet": cdir / "benchmark_delta.parquet",
         "benchmark_delta.md": delta_markdown(delta).encode(),
         "integrity.json": json.dumps(record, indent=2, sort_keys=True).encode(),
-        "report.html": report_html(delta, diagnosis, hist, record).encode(),
+        "report.html": report_html(delta, diagnosis, hist, record,
+                                   build_review(home, cycle, delta, diagnosis, adapter, run_ids)).encode(),
     }
     summary = {"cycle": cycle_key, "candidate": delta["candidate"], "champion": delta["champion"],
                "policy_digest": cycle["policy_digest"], "targets": delta["targets"],

@@ -17,6 +17,7 @@ from modelsmith.cycles import CYCLES, cycle_dir, read_cycle
 from modelsmith.atomic import write_with
 from modelsmith.critics import CriticInput
 from modelsmith.delta import benchmark_delta_for, blocking_pins, verdict_sentence
+from modelsmith.review import build_review, review_markdown
 from modelsmith.diagnosis import diagnosis_from_dict
 from modelsmith.evaluate import markdown_table
 from modelsmith.model_card import adapter_card, write_card
@@ -276,7 +277,10 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         delta = storage.get_json(f"cycles/{key}/benchmark_delta.json")
         shown = pl.DataFrame(delta["pins"]).select("pin", "before", "after", "delta", "p_value", "status")
         verdict = verdict_sentence(delta)
+        review = build_review(home, read_cycle(home, key), delta, storage.get_json(f"cycles/{key}/diagnosis.json"),
+                              storage.get_json(f"cycles/{key}/adapter.json"), run_ids)
         yield dg.MaterializeResult(metadata={
+            "summary": dg.MetadataValue.md(review_markdown(review, info.digest)),
             "verdict": verdict, "bundle_digest": info.digest, "candidate": delta["candidate"],
             "cycle_time_s": round(cycle_time, 1),
             "report": dg.MetadataValue.path(str(info.path / "report.html")),

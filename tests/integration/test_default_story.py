@@ -156,6 +156,10 @@ def test_the_evidence_bundle_verifies_offline_and_names_what_was_tampered(home, 
     report = (bundle / "report.html").read_text()
     assert report.count("<svg") == 3
     assert "OFFERED FOR PROMOTION" in report and "Inconclusive (" in report
+    # what changed and why: the policy diff from v1, failing rows of the target, data, adapter, runs, the digest
+    assert "<h2>What changed</h2>" in report and "+++ policy" in report and "(the reference run)" in report
+    assert "Video Gaming/app" in report.split("<h2>Failing rows")[1].split("<h2>")[0]
+    assert "epoch kept" in report and "/runs/" in report and "sha256sum bundle.dsse.json" in report
     integrity = json.loads((bundle / "integrity.json").read_text())
     assert integrity["digests"]["adapter"] == story[2]["adapter_digest"] and integrity["dagster_runs"]["adapter"]
     key = home / "keys" / "ed25519.pub"
