@@ -32,7 +32,7 @@ class PromotionConfig(dg.Config):
                                            "the key's reviewer)")
 
 
-@dg.asset(group_name=GROUP, kinds={"json"})
+@dg.asset(group_name=GROUP, kinds={"json"}, deps=["evidence_bundle"])
 def promotion(context: dg.AssetExecutionContext, config: PromotionConfig, storage: StorageEngine,
               signer: SignerSettings) -> dg.MaterializeResult:
     """A reviewer's decision on one evidence bundle: verified, signed, audited; on approval the champion moves."""
@@ -54,11 +54,40 @@ def promotion(context: dg.AssetExecutionContext, config: PromotionConfig, storag
     })
 
 
+@dg.asset(group_name=GROUP, kinds={"json"}, deps=[promotion])
+def champion(context: dg.AssetExecutionContext, storage: StorageEngine) -> dg.MaterializeResult:
+    """The model version every pin run loads, after each decision; its history is the audit log."""
+    from modelsmith import audit
+    from modelsmith.model_dir import read_champion
+
+    home = storage.base()
+    record = read_champion(home)
+    entries = audit.entries(home)
+    log = [{"seq": e["seq"], "at": e["at"], "action": e["action"], "approver": e.get("approver") or e.get("by") or "",
+            "champion_after": short(e.get("champion_after") or ""), "reason": e.get("reason") or e.get("note") or ""}
+           for e in entries]
+    return dg.MaterializeResult(
+        metadata={"model_version": record.model_version if record else "none", "by": record.by if record else "",
+                  "reason": record.reason if record else "", "audit_entries": len(entries),
+                  "last_decision": log[-1]["action"] if log else "none",
+                  "audit_log": dg.MetadataValue.md(_table(log[-50:]))},
+        data_version=dg.DataVersion(record.model_version if record else "none"))
+
+
+def _table(rows: list[dict]) -> str:
+    if not rows:
+        return "(no audit entries)"
+    cols = list(rows[0])
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+                     + ["| " + " | ".join(str(r[c]).replace("|", "/") for c in cols) + " |" for r in reversed(rows)])
+
+
 def gate_defs() -> dg.Definitions:
     """`promotion_job`, its Launchpad pre-filled with the newest undecided bundle of this Modelsmith home."""
     digest, offered = newest_undecided(modelsmith_home())
     prefill = {"approver": "", "decision": "approve" if offered else "reject", "bundle_digest": digest, "note": "",
                "rollback_to": "", "signature": ""}
-    job = dg.define_asset_job("promotion_job", selection=[promotion], config={"ops": {"promotion": {"config": prefill}}},
+    job = dg.define_asset_job("promotion_job", selection=[promotion, champion],
+                              config={"ops": {"promotion": {"config": prefill}}},
                               description="Approve, reject or roll back: the only way the champion moves")
-    return dg.Definitions(assets=[promotion], jobs=[job])
+    return dg.Definitions(assets=[promotion, champion], jobs=[job])

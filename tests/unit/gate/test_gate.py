@@ -115,3 +115,29 @@ def test_a_refused_promotion_run_fails_with_the_reason_and_is_audited(gate, monk
     entry = audit.entries(home)[-1]
     assert (entry["action"], entry["approver"], entry["bundle"]) == ("refused", "eve", digest) and audit.verify(home).ok
     assert read_champion(home).model_version == base.digest
+
+
+def test_the_champion_asset_follows_each_decision_downstream_of_the_bundle(gate, monkeypatch):
+    import dagster as dg
+
+    from modelsmith_assets.gate import champion, gate_defs, promotion
+    from resources.signer import SignerSettings
+    from resources.storage import LocalStorage
+
+    home, base, adapter, signer = gate
+    digest = _bundle(home, signer, "c7", adapter.digest, base.digest, offered=True)
+    monkeypatch.setenv("MODELSMITH_HOME", str(home))
+    assert dg.AssetKey("evidence_bundle") in promotion.dependency_keys  # the decision's lineage starts at the bundle
+    assert champion.dependency_keys == {dg.AssetKey("promotion")}
+    resources = {"storage": LocalStorage(root=str(home)), "signer": SignerSettings(key_dir=str(home / "keys"))}
+    instance = dg.DagsterInstance.ephemeral()
+    job = dg.Definitions.merge(gate_defs(), dg.Definitions(resources=resources)).resolve_job_def("promotion_job")
+    result = job.execute_in_process(instance=instance, run_config={"ops": {"promotion": {"config": {
+        "approver": "ana", "decision": "approve", "bundle_digest": digest}}}})
+    (moved,) = result.asset_materializations_for_node("champion")
+    assert moved.metadata["model_version"].value == adapter.digest and moved.metadata["last_decision"].value == "approve"
+    assert moved.metadata["audit_entries"].value == 2 and "approve" in moved.metadata["audit_log"].value
+    assert moved.tags["dagster/data_version"] == adapter.digest
+    refused = job.execute_in_process(instance=instance, raise_on_error=False, run_config={"ops": {"promotion": {
+        "config": {"approver": "bo", "decision": "approve", "bundle_digest": digest}}}})
+    assert not refused.success and refused.asset_materializations_for_node("champion") == []  # nothing moved
