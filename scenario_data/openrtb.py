@@ -53,7 +53,7 @@ REQUEST_SPEC: dict[str, Any] = {
 }
 
 def arrow_type(spec: Any) -> pa.DataType:
-    """Arrow type of a spec node; "json" is a string holding JSON, or the same object unencoded (native.request)."""
+    """Arrow type of a spec node; "json" is a string holding JSON (native.request)."""
     if isinstance(spec, str):
         return {"str": pa.string(), "json": pa.string(), "int": pa.int64(), "float": pa.float64()}[spec]
     if isinstance(spec, list):
@@ -195,7 +195,7 @@ def _type_walk(value: Any, spec: Any, path: str) -> None:
         return
     if isinstance(spec, str):
         if spec == "json":
-            ok = isinstance(value, (str, dict, list))
+            ok = isinstance(value, str)  # 2.6 §3.2.9: a string; Prebid Server cannot decode an object there either
             want = "a JSON-encoded string"
         elif spec == "str":
             # Any JSON scalar is read as its text (the reference path re-reads it with polars, which does the same).
