@@ -10,7 +10,7 @@ import polars as pl
 
 from scenario_data.features import DEVICE_TYPES
 from scenario_data.policy import DECISIONS
-from scenario_data.taxonomy import verticals
+from scenario_data.taxonomy import all_verticals
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ def _feature_expectations(gx: Any) -> list[Any]:
         *(e.ExpectColumnValuesToNotBeNull(column=c) for c in ("row_id", "request_id", "imp_id", "source_file")),
         e.ExpectColumnValuesToBeUnique(column="row_id"),
         e.ExpectColumnValuesToBeInSet(column="inventory_type", value_set=["site", "app", "dooh", "unknown"]),
-        e.ExpectColumnValuesToBeInSet(column="vertical", value_set=list(verticals())),
+        e.ExpectColumnValuesToBeInSet(column="vertical", value_set=list(all_verticals())),
         e.ExpectColumnValuesToBeInSet(column="device_type", value_set=[*DEVICE_TYPES.values(), "unknown"]),
         e.ExpectColumnValuesToBeInSet(column="media", value_set=["banner", "video", "native", "audio", "stored"]),
         e.ExpectColumnValuesToBeInSet(column="position", value_set=["atf", "btf", "unknown"]),

@@ -16,7 +16,6 @@ The same seed gives byte-identical output: one `random.Random(seed)` drives ever
 JSON is written with sorted keys and fixed separators.
 """
 
-import csv
 import functools
 import gzip
 import json
@@ -30,7 +29,7 @@ from modelsmith.atomic import atomic_path
 from scenario_data.features import SplitRequests, flatten
 from scenario_data.openrtb import read_request_lines
 from scenario_data.policy import Policy
-from scenario_data.taxonomy import REFERENCE, SENSITIVE, load_domain_lists
+from scenario_data.taxonomy import REFERENCE, SENSITIVE, generator_codes, load_domain_lists
 
 VERTICAL_WEIGHTS = {
     "Politics": 6, "Entertainment": 9, "Sports": 9, "Video Gaming": 9,
@@ -50,15 +49,11 @@ KEYWORDS = {"Video Gaming": ["rpg", "esports", "console", "walkthrough"], "Sport
             "Technology & Computing": ["laptops", "ai", "reviews"]}
 
 
-@functools.cache
 def _codes() -> dict[str, tuple[list[str], list[str]]]:
-    """Per vertical: (Content 1.0 codes, Content 2.x/3.x ids) from the shipped reference table."""
-    out: dict[str, tuple[list[str], list[str]]] = {}
-    with (REFERENCE / "iab_content_tier1.csv").open(encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            legacy, modern = out.setdefault(row["tier1"], ([], []))
-            (legacy if row["taxonomy"] == "1.0" else modern).append(row["code"])
-    return out
+    """Per vertical: (Content 1.0 codes, Content 2.x/3.x ids), the reference table's frozen `generator` rows:
+    rows added to the table later (IAB12 News, ...) are resolved by ingestion but never drawn, so the
+    same seed keeps giving the same bytes."""
+    return generator_codes()
 
 
 @functools.cache
@@ -212,8 +207,9 @@ def write_pack(path: str | Path, n: int, seed: int, policy: Policy) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.name.endswith(".gz"):
-            # mtime=0 keeps the gzip header, and so the bytes, identical for the same seed.
-            with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+            # mtime=0 and no file name (it would be the random temporary one) keep the gzip header, and so
+            # the bytes, identical for the same seed.
+            with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as f:
                 for line in iter_labelled_lines(n, seed, policy):
                     f.write(line.encode() + b"\n")
         else:
