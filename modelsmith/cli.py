@@ -166,6 +166,39 @@ def model_build(scenario_file: Path | None, n: int, seed: int, policy_path: str 
                f"({summary['parameters']} parameters, {summary['rounds']} rounds, pins pass: {summary['passed']})")
 
 
+@model.command("verify")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--public-key", "public_key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The P-256 public key (PEM) you trust (default: MODELSMITH_HOME/keys/model-signing-p256.pub)")
+@click.option("--signature", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The signature (default: MODEL_DIR/model.sig)")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object")
+def model_verify(model_dir: Path, public_key: Path | None, signature: Path | None, as_json: bool) -> None:
+    """Verify MODEL_DIR's OpenSSF model-signing signature with the model-signing library; exit 1 unless it holds.
+
+    The same check as `model_signing verify key --signature MODEL_DIR/model.sig --public_key KEY MODEL_DIR`.
+    """
+    from modelsmith.home import modelsmith_home
+    from modelsmith.model_signature import PUBLIC_KEY, ModelSignatureError, ModelSigningUnavailable, verify
+
+    key = public_key or modelsmith_home() / "keys" / PUBLIC_KEY
+    try:
+        result = verify(model_dir, key, signature)
+    except ModelSigningUnavailable as e:
+        raise click.ClickException(str(e)) from None
+    except ModelSignatureError as e:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "model_dir": str(model_dir), "error": str(e)}))
+        else:
+            click.echo(f"FAILED: {e}")
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps({"ok": True, "model_dir": str(model_dir), **result.as_json()}))
+    else:
+        click.echo(f"OK {model_dir}: {result.files} files signed by key {result.key_id} ({result.signature}, "
+                   f"{result.format})")
+
+
 def _labelled(scenario_file: Path | None, policy, n: int = 10_000, seed: int = 0):
     from scenario_data.generator import generate_requests, label_requests
     from scenario_data.replay import build_replay_set
