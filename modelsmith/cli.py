@@ -1,8 +1,10 @@
 """The `modelsmith` command line (click, like Dagster's own CLI)."""
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -24,6 +26,21 @@ def _checked(load):
         return load()
     except ModelDirError as e:
         raise ModelDirUnusable(str(e)) from None
+
+
+@contextlib.contextmanager
+def _progress(what: str, unit: str, total: int | None = None, quiet: bool = False
+              ) -> Iterator[Callable[[int], None] | None]:
+    """A bar on stderr with counts and rates (tqdm), for a person at a terminal: none under --json or when
+    stderr is not a terminal (a pipe, a log file, a test runner), where it would only be noise in the output.
+    Yields the callback the plain modules take (`progress(k)`: k more done), or None."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=what, unit=unit, unit_scale=True, file=sys.stderr, dynamic_ncols=True) as bar:
+        yield bar.update
 
 
 @click.group()
@@ -55,7 +72,8 @@ def generate(n: int, seed: int, output: Path, policy_path: str | None) -> None:
     from scenario_data.generator import write_pack
 
     policy = _policy(policy_path)
-    write_pack(output, n, seed, policy)
+    with _progress("generate", " requests", total=n) as progress:
+        write_pack(output, n, seed, policy, progress=progress)
     click.echo(f"wrote {n} requests to {output} (seed {seed}, policy {policy.digest[:12]})")
 
 
@@ -72,7 +90,9 @@ def ingest(paths: tuple[Path, ...], output: Path, domain_lists: tuple[Path, ...]
     from scenario_data.taxonomy import REFERENCE, load_domain_lists
 
     try:
-        s = ingest_to_files(paths, output, load_domain_lists([REFERENCE / "unsafe.txt", *domain_lists]))
+        with _progress("ingest", " requests", quiet=as_json) as progress:  # streamed: no total known up front
+            s = ingest_to_files(paths, output, load_domain_lists([REFERENCE / "unsafe.txt", *domain_lists]),
+                                progress=progress)
     except IngestError as e:
         raise click.ClickException(str(e)) from None
     if as_json:
@@ -255,7 +275,8 @@ def pins_run(model_dir: Path, adapter_dir: Path | None, policy_path: str, scenar
         version = directory_digest(adapter_dir)
         eng.attach_adapter(version, adapter_dir)
         eng.use(version)
-    run = pin(eng, labelled, pinset, version, _file_digest(scenario_file), reference, reference_name)
+    with _progress("decide", " rows", total=labelled.height, quiet=as_json) as progress:
+        run = pin(eng, labelled, pinset, version, _file_digest(scenario_file), reference, reference_name, progress)
     if as_json:
         click.echo(json.dumps(run.as_json()))
     else:
