@@ -189,13 +189,16 @@ def _grpo(model, tokenizer, train_rows: pl.DataFrame, settings: GrpoSettings, se
 
 
 def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: AdapterRecipe | None = None,
-                  log: Callable[[str], None] = print, about: dict | None = None) -> dict:
+                  log: Callable[[str], None] = print, about: dict | None = None,
+                  sign: Callable[[Path], object] | None = None) -> dict:
     """Train a LoRA adapter on `rows` (labelled synthetic rows with `source`) and save it to `out_dir`.
 
     SFT always; GRPO after it when the recipe asks, kept only when it does not lower held-out target
     accuracy and costs the other rows at most `grpo.tolerance` (else the SFT weights are saved).
     The adapter names its base by digest (`model_card.make_portable`) and carries a model card;
-    `about` (cycle, dataset digest, policy, hypothesis, base digest) fills the card.
+    `about` (cycle, dataset digest, policy, hypothesis, base digest) fills the card. `sign` (e.g.
+    `ModelSigningKey.sign`) signs the finished directory before it is published, so `out_dir` never
+    holds an adapter without its `model.sig`; the signature is outside the digest, which it leaves as is.
     """
     import torch
     from peft import LoraConfig
@@ -302,6 +305,8 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
         about = {"base_digest": directory_digest(Path(base_dir)), **(about or {})}
         make_portable(adapter_dir, about["base_digest"])
         write_card(adapter_dir, adapter_card(summary, about))
+        if sign is not None:
+            sign(adapter_dir)
         replace_dir(adapter_dir, out_dir)  # never a half-deleted old adapter or a half-written new one at out_dir
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -240,13 +240,16 @@ def _prompt_module():
 
 
 def build_default(models_dir: Path, cfg: PretrainConfig, pack_size: int = 10_000,
-                  log: Callable[[str], None] = print) -> tuple[Path, dict]:
+                  log: Callable[[str], None] = print,
+                  sign: Callable[[Path], object] | None = None) -> tuple[Path, dict]:
     """Build (or find already built) the embedded default model under `models_dir/<build key>/`.
 
     The build is deterministic for its key, so a finished build with the same key is reused, not
     retrained: the record beside it (`<key>.json`, written after the directory) marks it complete.
     Refuses to hand back a model that did not meet the v1 floors on its validation pack within
-    `cfg.max_rounds`; the record keeps its accuracy on the validation and holdout packs.
+    `cfg.max_rounds`; the record keeps its accuracy on the validation and holdout packs. `sign` (e.g.
+    `ModelSigningKey.ensure_signed`) signs the directory after its last write (the card), before the
+    record marks it complete, and a reused build that lacks a signature (built before signing) gets one.
     """
     import json
 
@@ -261,6 +264,8 @@ def build_default(models_dir: Path, cfg: PretrainConfig, pack_size: int = 10_000
     if record_path.is_file() and out_dir.is_dir():
         record = json.loads(record_path.read_text())
         if directory_digest(out_dir) == record["digest"]:
+            if sign is not None:
+                sign(out_dir)
             return out_dir, {**record, "reused": True}
         log(f"{out_dir} does not match its build record; rebuilding")
     train, validation, holdout = v1_packs(cfg, pack_size)
@@ -282,5 +287,7 @@ def build_default(models_dir: Path, cfg: PretrainConfig, pack_size: int = 10_000
     from modelsmith.model_card import base_card, write_card
 
     write_card(out_dir, base_card(record))  # documentation: not part of the directory's digest
+    if sign is not None:
+        sign(out_dir)
     write_text(record_path, json.dumps(record, indent=2))
     return out_dir, {**record, "reused": False}

@@ -1,8 +1,10 @@
 """The `modelsmith` command line (click, like Dagster's own CLI)."""
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -24,6 +26,21 @@ def _checked(load):
         return load()
     except ModelDirError as e:
         raise ModelDirUnusable(str(e)) from None
+
+
+@contextlib.contextmanager
+def _progress(what: str, unit: str, total: int | None = None, quiet: bool = False
+              ) -> Iterator[Callable[[int], None] | None]:
+    """A bar on stderr with counts and rates (tqdm), for a person at a terminal: none under --json or when
+    stderr is not a terminal (a pipe, a log file, a test runner), where it would only be noise in the output.
+    Yields the callback the plain modules take (`progress(k)`: k more done), or None."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=what, unit=unit, unit_scale=True, file=sys.stderr, dynamic_ncols=True) as bar:
+        yield bar.update
 
 
 @click.group()
@@ -55,7 +72,8 @@ def generate(n: int, seed: int, output: Path, policy_path: str | None) -> None:
     from scenario_data.generator import write_pack
 
     policy = _policy(policy_path)
-    write_pack(output, n, seed, policy)
+    with _progress("generate", " requests", total=n) as progress:
+        write_pack(output, n, seed, policy, progress=progress)
     click.echo(f"wrote {n} requests to {output} (seed {seed}, policy {policy.digest[:12]})")
 
 
@@ -72,7 +90,9 @@ def ingest(paths: tuple[Path, ...], output: Path, domain_lists: tuple[Path, ...]
     from scenario_data.taxonomy import REFERENCE, load_domain_lists
 
     try:
-        s = ingest_to_files(paths, output, load_domain_lists([REFERENCE / "unsafe.txt", *domain_lists]))
+        with _progress("ingest", " requests", quiet=as_json) as progress:  # streamed: no total known up front
+            s = ingest_to_files(paths, output, load_domain_lists([REFERENCE / "unsafe.txt", *domain_lists]),
+                                progress=progress)
     except IngestError as e:
         raise click.ClickException(str(e)) from None
     if as_json:
@@ -166,6 +186,39 @@ def model_build(scenario_file: Path | None, n: int, seed: int, policy_path: str 
                f"({summary['parameters']} parameters, {summary['rounds']} rounds, pins pass: {summary['passed']})")
 
 
+@model.command("verify")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--public-key", "public_key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The P-256 public key (PEM) you trust (default: MODELSMITH_HOME/keys/model-signing-p256.pub)")
+@click.option("--signature", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The signature (default: MODEL_DIR/model.sig)")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object")
+def model_verify(model_dir: Path, public_key: Path | None, signature: Path | None, as_json: bool) -> None:
+    """Verify MODEL_DIR's OpenSSF model-signing signature with the model-signing library; exit 1 unless it holds.
+
+    The same check as `model_signing verify key --signature MODEL_DIR/model.sig --public_key KEY MODEL_DIR`.
+    """
+    from modelsmith.home import modelsmith_home
+    from modelsmith.model_signature import PUBLIC_KEY, ModelSignatureError, ModelSigningUnavailable, verify
+
+    key = public_key or modelsmith_home() / "keys" / PUBLIC_KEY
+    try:
+        result = verify(model_dir, key, signature)
+    except ModelSigningUnavailable as e:
+        raise click.ClickException(str(e)) from None
+    except ModelSignatureError as e:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "model_dir": str(model_dir), "error": str(e)}))
+        else:
+            click.echo(f"FAILED: {e}")
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps({"ok": True, "model_dir": str(model_dir), **result.as_json()}))
+    else:
+        click.echo(f"OK {model_dir}: {result.files} files signed by key {result.key_id} ({result.signature}, "
+                   f"{result.format})")
+
+
 def _labelled(scenario_file: Path | None, policy, n: int = 10_000, seed: int = 0):
     from scenario_data.generator import generate_requests, label_requests
     from scenario_data.replay import build_replay_set
@@ -222,7 +275,8 @@ def pins_run(model_dir: Path, adapter_dir: Path | None, policy_path: str, scenar
         version = directory_digest(adapter_dir)
         eng.attach_adapter(version, adapter_dir)
         eng.use(version)
-    run = pin(eng, labelled, pinset, version, _file_digest(scenario_file), reference, reference_name)
+    with _progress("decide", " rows", total=labelled.height, quiet=as_json) as progress:
+        run = pin(eng, labelled, pinset, version, _file_digest(scenario_file), reference, reference_name, progress)
     if as_json:
         click.echo(json.dumps(run.as_json()))
     else:

@@ -84,7 +84,23 @@ def integrity(home: Path, cycle: dict, adapter: dict, run_ids: dict[str, str], s
                     "dataset_rows": file_sha256(dataset / "rows.parquet"), "dataset_merkle_root": lineage["root"],
                     "policy": cycle["policy_digest"], "scenarios": cycle["scenarios_digest"]},
         "started": started, "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model_signature": _model_signature(adapter),
     }
+
+
+MODEL_SIGNING_KEY_FILE = "model_signing_p256.pub"
+
+
+def _model_signature(adapter: dict) -> dict | str:
+    """Where the adapter's OpenSSF model-signing signature is, in the bundle and at home, and how to check it
+    without Modelsmith: the bundle's `adapter/` copy carries `model.sig`, and the P-256 public key rides along."""
+    sig = adapter.get("model_signature")
+    if not sig:
+        return "none: the adapter was trained before adapters were signed"
+    return {"signature": "adapter/model.sig", "public_key": MODEL_SIGNING_KEY_FILE, "key_id": sig["key_id"],
+            "format": sig["format"], "files": sig["files"], "signature_at_home": sig["signature"],
+            "public_key_at_home": sig["public_key"],
+            "verify": f"model_signing verify key --signature adapter/model.sig --public_key {MODEL_SIGNING_KEY_FILE} adapter"}
 
 
 def diagnosis_markdown(d: dict) -> str:
@@ -329,6 +345,8 @@ def assemble(home: Path, cycle_key: str, run_ids: dict[str, str], started: str, 
         "report.html": report_html(delta, diagnosis, hist, record,
                                    build_review(home, cycle, delta, diagnosis, adapter, run_ids)).encode(),
     }
+    if adapter.get("model_signature"):
+        files[MODEL_SIGNING_KEY_FILE] = Path(adapter["model_signature"]["public_key"])
     summary = {"cycle": cycle_key, "candidate": delta["candidate"], "champion": delta["champion"],
                "policy_digest": cycle["policy_digest"], "targets": delta["targets"],
                "repaired": delta["repaired"], "flagged": delta["flagged"],

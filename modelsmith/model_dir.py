@@ -1,7 +1,8 @@
 """Model versions: directories named by the digest of their files, a registry of them, and the champion.
 
 A model version is a base model directory or a LoRA adapter directory (on one base). Its name is
-the SHA-256 of a manifest of its files (relative path and SHA-256 of each; the model card aside),
+the SHA-256 of a manifest of its files (relative path and SHA-256 of each; the model card and the
+model-signing signature aside),
 so the same weights have the same name wherever they were produced. The registry records, per digest, where the
 directory is and what it is; the champion is one small record that only the promotion gate moves
 (and bootstrap sets to the base model when there is none).
@@ -25,17 +26,22 @@ def file_sha256(path: Path) -> str:
 
 
 MODEL_CARD = "README.md"  # documentation, filled after training (pins before/after): not part of the name
+# The OpenSSF model-signing signature (modelsmith.model_signature): a statement about the files, written
+# after them, so not one of them; signing (or re-signing with another key) never renames a version.
+SIGNATURE_FILE = "model.sig"
+NOT_CONTENT = (MODEL_CARD, SIGNATURE_FILE)
 
 
 def manifest(directory: Path) -> list[tuple[str, str]]:
-    """(relative path, sha256) of every regular file, sorted; hidden files and folders and the model card are not content."""
+    """(relative path, sha256) of every regular file, sorted; hidden files and folders, the model card and
+    the signature are not content."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory {directory} does not exist")
     out = []
     for path in sorted(directory.rglob("*")):
         rel = path.relative_to(directory)
-        if path.is_file() and not any(part.startswith(".") for part in rel.parts) and rel.as_posix() != MODEL_CARD:
+        if path.is_file() and not any(part.startswith(".") for part in rel.parts) and rel.as_posix() not in NOT_CONTENT:
             out.append((rel.as_posix(), file_sha256(path)))
     if not out:
         raise FileNotFoundError(f"model directory {directory} has no files")

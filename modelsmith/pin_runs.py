@@ -10,6 +10,7 @@ every version is one DuckDB query away:
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,13 +77,33 @@ class PinRun:
 
 
 def pin(engine, labelled: pl.DataFrame, pins: PinSet, model_version: str, scenarios_digest: str,
-        reference: pl.DataFrame | None = None, reference_name: str = "none") -> PinRun:
-    """Decide every row with `engine` (already switched to the version's adapter) and score the pins."""
-    decided = engine.decide(labelled).to_frame()
+        reference: pl.DataFrame | None = None, reference_name: str = "none",
+        progress: Callable[[int], None] | None = None) -> PinRun:
+    """Decide every row with `engine` (already switched to the version's adapter) and score the pins.
+
+    With `progress` (a CLI's bar), rows are decided in slices of whole micro-batches and `progress(k)`
+    is told each slice's `k` rows: the micro-batches, and so every decision and latency, are those of one call.
+    """
+    parts = _slices(labelled, engine) if progress is not None else []
+    decided = pl.concat([_decided(engine, part, progress) for part in parts]) if parts else \
+        engine.decide(labelled).to_frame()
     preds = predictions_frame(labelled, decided)
     policy_digest = labelled["policy_digest"][0] if labelled.height else ""
     return PinRun(model_version, policy_digest, scenarios_digest, preds, score_pins(pins, preds, reference),
                   decision_metrics(pins, preds), reference_name, datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+def _slices(labelled: pl.DataFrame, engine, rows: int = 512) -> list[pl.DataFrame]:
+    """Slices of whole micro-batches (a multiple of the engine's batch size, about `rows` rows)."""
+    batch = max(1, int(getattr(engine, "batch_size", 1)))
+    size = batch * max(1, rows // batch)
+    return [labelled.slice(start, size) for start in range(0, labelled.height, size)]
+
+
+def _decided(engine, part: pl.DataFrame, progress: Callable[[int], None]) -> pl.DataFrame:
+    frame = engine.decide(part).to_frame()
+    progress(part.height)
+    return frame
 
 
 def runs_root(home: Path) -> Path:

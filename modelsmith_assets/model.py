@@ -20,6 +20,7 @@ from modelsmith.regression import regression_report_for
 from modelsmith_assets.executors import gpu_step_tags
 from resources.inference import InferenceSettings
 from resources.model import ModelSettings
+from resources.signer import SignerSettings
 from resources.storage import StorageEngine
 
 GROUP = "model"
@@ -28,8 +29,12 @@ model_versions = dg.DynamicPartitionsDefinition(name=MODEL_VERSIONS)
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "safetensors"})
-def base_model(context: dg.AssetExecutionContext, model: ModelSettings, storage: StorageEngine) -> dg.MaterializeResult:
+def base_model(context: dg.AssetExecutionContext, model: ModelSettings, storage: StorageEngine,
+               signer: SignerSettings) -> dg.MaterializeResult:
     """The base model directory (a user's, or the embedded default built here), registered by digest.
+
+    The default built here is signed in the OpenSSF model-signing format (`model.sig`); a user's
+    directory is not written to, so it is signed only if it came with a `model.sig` of its own.
 
     Adds the version to the `model_versions` partitions and, when there is no champion yet, makes
     it the champion (bootstrap). It never moves an existing champion: only the promotion gate does.
@@ -38,9 +43,15 @@ def base_model(context: dg.AssetExecutionContext, model: ModelSettings, storage:
     user_dir = model.user_model()
     if user_dir is not None:
         path, info = user_dir, {"source": "base_model_dir"}
+        signed = {"model_signature": "none: a user's directory is not written to"}
     else:
+        key = signer.model_signing_key()
         path, info = build_default(home / "models" / "base", model.pretrain_config(), model.build_pack_size,
-                                   log=context.log.info)
+                                   log=context.log.info, sign=key.ensure_signed)
+        signature = key.ensure_signed(path)
+        signed = {"model_signature": dg.MetadataValue.path(signature.signature),
+                  "model_signing_public_key": dg.MetadataValue.path(signature.public_key),
+                  "model_signing_key_id": signature.key_id}
         info = {"source": "built: the embedded default" if not info["reused"] else "reused: an identical earlier build",
                 "parameters": info["parameters"], "rounds": info["rounds"], "training_loss": info["training_loss"],
                 "training_rows": info["rows"], "build_key": info["build_key"],
@@ -53,7 +64,7 @@ def base_model(context: dg.AssetExecutionContext, model: ModelSettings, storage:
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version.digest),
         metadata={"digest": version.digest, "partition_key": version.key, "path": dg.MetadataValue.path(str(path)),
-                  "champion": champion.model_version[:16], **info},
+                  "champion": champion.model_version[:16], **info, **signed},
     )
 
 

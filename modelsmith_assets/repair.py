@@ -158,8 +158,10 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
     # pool "training": the production instance limits it to one run at a time (dagster.yaml.example).
     @dg.asset(group_name=GROUP, partitions_def=repair_cycles, deps=[synthetic_dataset], kinds={"pytorch", "safetensors"},
               pool="training", op_tags=gpu_step_tags())
-    def adapter(context: dg.AssetExecutionContext, storage: StorageEngine, trainer: TrainerSettings) -> dg.MaterializeResult:
-        """A LoRA adapter (peft, trained with trl's SFT trainer) on the champion's base, registered as a model version."""
+    def adapter(context: dg.AssetExecutionContext, storage: StorageEngine, trainer: TrainerSettings,
+                signer: SignerSettings) -> dg.MaterializeResult:
+        """A LoRA adapter (peft, trained with trl's SFT trainer) on the champion's base, registered as a model
+        version and signed in the OpenSSF model-signing format (`model.sig`), which any model-signing tool verifies."""
         import os
         import shutil
 
@@ -178,8 +180,9 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
                  "dataset_digest": f"sha256:{file_sha256(home / 'datasets' / key / 'rows.parquet')}",
                  "policy_digest": cycle["policy_digest"], "hypothesis": diag.hypothesis,
                  "sources": dict(rows.group_by("source").len().iter_rows())}
+        signing_key = signer.model_signing_key()
         summary = train_adapter(base.path, rows, work, trainer.recipe(diag.recipe.stages), log=context.log.info,
-                                about=about)
+                                about=about, sign=signing_key.sign)
         final = home / "adapters" / short(summary["digest"])
         if final.is_dir() and directory_digest(final) == summary["digest"]:
             shutil.rmtree(work)  # a re-run trained the same bytes: keep the published copy (it may be the champion)
@@ -192,10 +195,12 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
                 shutil.rmtree(aside)
             else:
                 os.replace(work, final)
+        signature = signing_key.ensure_signed(final)  # the kept copy may predate signing
         version = registry.register(final, "adapter", base=base.digest, digest=summary["digest"])
         context.instance.add_dynamic_partitions("model_versions", [version.key])
         storage.put_json(f"cycles/{key}/adapter.json", {**summary, "model_version": version.digest,
-                                                         "path": str(final), "about": about})
+                                                         "path": str(final), "about": about,
+                                                         "model_signature": signature.as_json()})
         history = pl.DataFrame(summary["history"])
         return dg.MaterializeResult(metadata={
             "model_version": version.digest, "partition_key": version.key, "base": base.digest,
@@ -205,6 +210,9 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
             "heldout_target_accuracy": summary["heldout"].get("target", 0.0),
             "heldout_others_accuracy": summary["heldout"]["others"],
             "train_rows": summary["train_rows"], "path": dg.MetadataValue.path(str(final)),
+            "model_signature": dg.MetadataValue.path(signature.signature),
+            "model_signing_public_key": dg.MetadataValue.path(signature.public_key),
+            "model_signing_key_id": signature.key_id,
             "epochs": dg.MetadataValue.md(to_markdown(history)),
         })
 

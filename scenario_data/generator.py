@@ -20,7 +20,7 @@ import functools
 import gzip
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import polars as pl
@@ -186,8 +186,11 @@ def label_requests(requests: list[dict], policy: Policy) -> pl.DataFrame:
     return policy.label(features)
 
 
-def iter_labelled_lines(n: int, seed: int, policy: Policy, batch: int = 20_000) -> Iterator[str]:
-    """JSONL lines of `n` requests; each imp carries its label in `imp.ext.modelsmith.label`."""
+def iter_labelled_lines(n: int, seed: int, policy: Policy, batch: int = 20_000,
+                        progress: Callable[[int], None] | None = None) -> Iterator[str]:
+    """JSONL lines of `n` requests; each imp carries its label in `imp.ext.modelsmith.label`.
+
+    `progress(k)` is told after each batch's `k` lines are out (a CLI's bar; this module knows no CLI)."""
     rng = random.Random(seed)
     done = 0
     while done < n:
@@ -200,20 +203,24 @@ def iter_labelled_lines(n: int, seed: int, policy: Policy, batch: int = 20_000) 
                 imp.setdefault("ext", {}).setdefault("modelsmith", {})["label"] = by_row[f"{r['id']}/{imp['id']}"]
             yield dumps(r)
         done += len(requests)
+        if progress is not None:
+            progress(len(requests))
 
 
-def write_pack(path: str | Path, n: int, seed: int, policy: Policy) -> Path:
-    """Write a scenario pack atomically: `n` labelled requests as JSONL (gzip if the name ends .gz)."""
+def write_pack(path: str | Path, n: int, seed: int, policy: Policy,
+               progress: Callable[[int], None] | None = None) -> Path:
+    """Write a scenario pack atomically: `n` labelled requests as JSONL (gzip if the name ends .gz);
+    `progress(k)` counts requests written."""
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.name.endswith(".gz"):
             # mtime=0 and no file name (it would be the random temporary one) keep the gzip header, and so
             # the bytes, identical for the same seed.
             with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as f:
-                for line in iter_labelled_lines(n, seed, policy):
+                for line in iter_labelled_lines(n, seed, policy, progress=progress):
                     f.write(line.encode() + b"\n")
         else:
             with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-                for line in iter_labelled_lines(n, seed, policy):
+                for line in iter_labelled_lines(n, seed, policy, progress=progress):
                     f.write(line + "\n")
     return path

@@ -21,7 +21,7 @@ import json
 import shutil
 import tempfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -508,7 +508,7 @@ def _seen_before(seen: list[np.ndarray], hashes: np.ndarray) -> pl.Series:
 
 
 def ingest_to_files(paths: Iterable[str | Path], output_dir: Path, domain_lists: dict[str, str] | None = None,
-                    chunk_lines: int = CHUNK_LINES) -> dict[str, int]:
+                    chunk_lines: int = CHUNK_LINES, progress: Callable[[int], None] | None = None) -> dict[str, int]:
     """`ingest_paths` then `write_result`, streamed: each chunk's rows are appended to the two Parquet
     files as soon as they are made, so memory holds one chunk (about `chunk_lines` requests), not the
     input. The rows, their order and the summary are those of `ingest_paths`; as `write_result` does,
@@ -516,7 +516,8 @@ def ingest_to_files(paths: Iterable[str | Path], output_dir: Path, domain_lists:
     anonymous temporary file, which a killed run cannot leave behind). Row ids are disambiguated as
     `disambiguate_row_ids` does, against 64-bit hashes of the ids met so far (16 bytes a row: the only
     memory that grows with the input); should two different ids share a hash (odds ~1e-7 at 2 million
-    rows), the second gets a suffix too, which still leaves every row id unique.
+    rows), the second gets a suffix too, which still leaves every row id unique. `progress(k)` is told
+    the `k` requests of each chunk once its rows are written (a CLI's bar; this module knows no CLI).
     """
     domain_lists = domain_lists or {}
     output_dir = Path(output_dir)
@@ -546,6 +547,8 @@ def ingest_to_files(paths: Iterable[str | Path], output_dir: Path, domain_lists:
                     counts["requests_in"] += len(chunk.bodies)
                     counts["quarantined"] += quarantine.height
                     counts["decisions"] += features.height
+                    if progress is not None:
+                        progress(len(chunk.bodies))
         spill.seek(0)
         write_with(output_dir / "quarantine.parquet", lambda tmp: _copy_to(spill, tmp))
     counts["accepted"] = counts["requests_in"] - counts["quarantined"]

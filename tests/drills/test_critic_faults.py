@@ -221,3 +221,24 @@ def test_a_cycle_completes_on_the_fallback_critic_and_says_so_everywhere(cycle_o
     evidence = instance.fetch_materializations(dg.AssetKey("evidence_bundle"), limit=1).records[0]
     assert evidence.asset_materialization.metadata["bundle_digest"].value == report.digest
     print(f"\n[drill] critic fallback cycle: repair_cycle_job {seconds:.0f}s")
+
+
+def test_the_cycles_adapter_and_its_bundle_copy_verify_with_the_model_signing_cli(cycle_on_fallback):
+    """The adapter asset signs in the OpenSSF model-signing format; the card benchmark_delta rewrote after
+    signing does not break it, and the bundle's copy verifies with the key the bundle carries."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    home, cycle, _, _, _ = cycle_on_fallback
+    adapter = json.loads((home / "cycles" / cycle / "adapter.json").read_text())
+    bundle = next((home / "bundles").glob(f"{cycle}*/"))
+    cli = Path(sys.executable).with_name("model_signing")
+    checks = [(Path(adapter["path"]), home / "keys" / "model-signing-p256.pub"),
+              (bundle / "adapter", bundle / "model_signing_p256.pub")]
+    for model, key in checks:
+        done = subprocess.run([str(cli), "verify", "key", "--signature", str(model / "model.sig"), "--public_key",
+                               str(key), str(model)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "Verification succeeded" in done.stdout, done.stdout + done.stderr
+    assert adapter["model_signature"]["key_id"] == json.loads((bundle / "integrity.json").read_text())[
+        "model_signature"]["key_id"]

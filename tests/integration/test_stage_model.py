@@ -9,7 +9,7 @@ from modelsmith.model_dir import Registry, read_champion, short
 from modelsmith.pins import parse_pins
 from modelsmith_assets.model import build_model_defs
 from modelsmith_assets.scenarios import policy, replayed_auctions, scenario_pack
-from resources import InferenceSettings, LocalStorage, ModelSettings, ScenarioSettings
+from resources import InferenceSettings, LocalStorage, ModelSettings, ScenarioSettings, SignerSettings
 from tests.unit.model.test_inference import adapter_dir, model_dir, rows  # noqa: F401  (fixtures)
 
 PINS = parse_pins("defaults: {accuracy_floor: 0.0, latency_p99_ms: 100000}\n"
@@ -22,12 +22,15 @@ def test_a_user_directory_is_the_base_model_and_an_adapter_is_pinned_on_it(model
     stage = build_model_defs(PINS, deps=[replayed_auctions])
     assets = [policy, scenario_pack, replayed_auctions, *stage.assets]
     resources = {"storage": LocalStorage(root=str(home)), "scenarios": ScenarioSettings(pack_size=300),
-                 "model": ModelSettings(base_model_dir=str(model_dir)), "inference": InferenceSettings(batch_size=32)}
+                 "model": ModelSettings(base_model_dir=str(model_dir)), "inference": InferenceSettings(batch_size=32),
+                 "signer": SignerSettings(key_dir=str(home / "keys"))}
     instance = dg.DagsterInstance.ephemeral()
     first = dg.materialize(assets, selection=["policy", "scenario_pack", "replayed_auctions", "base_model"],
                            resources=resources, instance=instance)
     meta = first.asset_materializations_for_node("base_model")[0].metadata
     assert meta["source"].value == "base_model_dir" and meta["path"].value == str(model_dir)
+    assert not (model_dir / "model.sig").exists()  # a user's directory is not written to, so not signed
+    assert meta["model_signature"].value == "none: a user's directory is not written to"
     base = Registry(home).get(meta["partition_key"].value)
     assert read_champion(home).model_version == base.digest  # bootstrap: the base model is the champion
     assert instance.get_dynamic_partitions("model_versions") == [base.key]
