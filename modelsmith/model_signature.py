@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from modelsmith.atomic import fsync_dir
+from modelsmith.keyfiles import KeyPermissionError, create_exclusive, refuse_if_exposed  # noqa: F401  (KeyPermissionError: re-exported)
 from modelsmith.model_dir import MODEL_CARD, SIGNATURE_FILE  # SIGNATURE_FILE: the library's default name
 
 PRIVATE_KEY = "model-signing-p256.key"
@@ -154,46 +155,18 @@ def _signed_files(signature: Path) -> int:
     return len(statement["predicate"]["resources"])
 
 
-class KeyPermissionError(PermissionError):
-    """The private key file is open to group or others: it is refused, not used."""
-
-
 def _load_or_create(path: Path) -> ec.EllipticCurvePrivateKey:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        _create_exclusive(path, pem)
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise KeyPermissionError(
-            f"{path}: the model-signing key is accessible by group or others (mode {mode:04o}); it must be readable "
-            f"by its owner only. Fix it with `chmod 600 {path}`, and replace the key if others may have read it")
+        create_exclusive(path, pem)
+    refuse_if_exposed(path, "model-signing key")
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
         raise ValueError(f"{path} is not a P-256 (secp256r1) private key")
     key.sign(b"probe", ec.ECDSA(hashes.SHA256()))  # a key that cannot sign fails here, not mid-publish
     return key
-
-
-def _create_exclusive(target: Path, data: bytes) -> None:
-    """Publish `data` at `target` with mode 0600 unless it exists: linked, not renamed, so two first uses
-    at once never replace a key the other has already signed with (as resources.signer does)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)  # mode 0600
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            return
-        fsync_dir(target.parent)
-    finally:
-        os.unlink(tmp)
 
 
 def _publish(target: Path, data: bytes, mode: int) -> None:

@@ -6,10 +6,7 @@ logged, printed or returned; `repr` shows only the key id. A key file that group
 is refused (`KeyPermissionError`), as ssh refuses one.
 """
 
-import fcntl
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import dagster as dg
@@ -20,6 +17,7 @@ from pydantic import Field
 
 from modelsmith.atomic import write_with
 from modelsmith.home import modelsmith_home
+from modelsmith.keyfiles import KeyPermissionError, create_exclusive, refuse_if_exposed  # noqa: F401  (KeyPermissionError: re-exported)
 
 PRIVATE_KEY = "ed25519.key"
 PUBLIC_KEY = "ed25519.pub"
@@ -99,51 +97,11 @@ def _load_or_create(key_dir: Path) -> Ed25519PrivateKey:
         key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         pem = Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        _create_exclusive(path, pem)
-    _refuse_if_exposed(path)
+        create_exclusive(path, pem)
+    refuse_if_exposed(path)
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} is not an Ed25519 private key")
     return key
 
 
-class KeyPermissionError(PermissionError):
-    """The private key file is open to group or others: it is refused, not used."""
-
-
-def _refuse_if_exposed(path: Path) -> None:
-    """Refuse a private key that group or others may read (or write): as ssh does, a key someone else can
-    read is no longer this home's alone. The message names the file and its mode, never its content."""
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise KeyPermissionError(
-            f"{path}: the signing key is accessible by group or others (mode {mode:04o}); it must be readable "
-            f"by its owner only. Fix it with `chmod 600 {path}`, and replace the key if others may have read it")
-
-
-def _create_exclusive(target: Path, data: bytes) -> None:
-    """Publish `data` at `target` atomically (temp file, fsync, link) with mode 0600, unless it exists.
-
-    Not `modelsmith.atomic.write_bytes`: that renames over the target, so two first uses at once
-    could replace a key the other had already signed with. `os.link` fails instead, and the loser
-    loads the winner's key.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)  # mode 0600
-    fcntl.flock(fd, fcntl.LOCK_SH)  # in use (`modelsmith.atomic.hold`) until written
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            return
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        os.unlink(tmp)
