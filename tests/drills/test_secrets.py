@@ -112,7 +112,7 @@ def test_exception_messages_hold_no_secret(loop):
         assert failures, "the refused decision should have failed its step"
         error = failures[0].dagster_event.step_failure_data.error
         text = error.to_string()
-        assert "GateError" in text and "no bundle in" in text and "0" * 64 in text, text
+        assert "Failure: refused: bundle_digest: no bundle in" in text and "0" * 64 in text, text  # the gate's reason
         assert scan_text(text, "exception", _needles(home)) == []
     finally:
         instance.dispose()
