@@ -17,6 +17,7 @@ import polars as pl
 
 from modelsmith.delta import verdict_sentence
 from modelsmith.model_dir import short
+from scenario_data.replay import to_markdown
 
 EXAMPLE_COLUMNS = ("pin", "row_id", "vertical", "inventory_type", "expected", "predicted", "rule")
 
@@ -124,9 +125,7 @@ def review_markdown(review: Review, bundle_digest: str = "") -> str:
     if review.policy_diff:
         lines += ["", "```diff", review.policy_diff.rstrip("\n"), "```"]
     if review.examples.height:
-        cols = review.examples.columns
-        lines += ["", "**Failing rows (examples):**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in review.examples.iter_rows()]
+        lines += ["", "**Failing rows (examples):**", "", to_markdown(review.examples)]
     lines += ["", f"**Training data:** {review.data['rows']} rows {json.dumps(review.data['by_source'])}, "
                   f"{review.data['anchored_to_champion']} replay rows carry the champion's decision",
               "", f"**Adapter:** {json.dumps(review.adapter, default=str)}", "", f"**Latency:** {review.latency_note}"]

@@ -9,6 +9,7 @@ decision fails the run with the gate's one-line reason (`dg.Failure`) and is in 
 from typing import Literal
 
 import dagster as dg
+import polars as pl
 from pydantic import Field
 
 from modelsmith.gate import DECISIONS, Decision, GateError, decide, newest_undecided
@@ -16,6 +17,7 @@ from modelsmith.home import modelsmith_home
 from modelsmith.model_dir import short
 from resources.signer import SignerSettings
 from resources.storage import StorageEngine
+from scenario_data.replay import to_markdown
 
 GROUP = "gate"
 
@@ -70,16 +72,9 @@ def champion(context: dg.AssetExecutionContext, storage: StorageEngine) -> dg.Ma
         metadata={"model_version": record.model_version if record else "none", "by": record.by if record else "",
                   "reason": record.reason if record else "", "audit_entries": len(entries),
                   "last_decision": log[-1]["action"] if log else "none",
-                  "audit_log": dg.MetadataValue.md(_table(log[-50:]))},
+                  "audit_log": dg.MetadataValue.md(to_markdown(pl.DataFrame(log[::-1]), max_rows=50)
+                                                   if log else "(no audit entries)")},
         data_version=dg.DataVersion(record.model_version if record else "none"))
-
-
-def _table(rows: list[dict]) -> str:
-    if not rows:
-        return "(no audit entries)"
-    cols = list(rows[0])
-    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-                     + ["| " + " | ".join(str(r[c]).replace("|", "/") for c in cols) + " |" for r in reversed(rows)])
 
 
 def gate_defs() -> dg.Definitions:
