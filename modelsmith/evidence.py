@@ -203,11 +203,10 @@ def _plots(delta: dict, history: pl.DataFrame) -> list[tuple[str, str]]:
             (f"Pin history of {target}: every run of every version", trend)]
 
 
-def report_html(delta: dict, diagnosis: dict, history: pl.DataFrame, integrity_record: dict, review=None) -> str:
+def report_html(delta: dict, diagnosis: dict, history: pl.DataFrame, integrity_record: dict, review) -> str:
     from modelsmith.review import review_html
 
     verdict = "OFFERED FOR PROMOTION" if delta["offer_for_promotion"] else "NOT OFFERED"
-    reviewed = review_html(review) if review is not None else ""
     esc = html.escape
     rows = "".join(
         f"<tr class='{esc(p['status'].replace(' ', '-'))}'><td>{esc(p['pin'])}</td><td>{p['rows']}</td>"
@@ -229,9 +228,9 @@ Flagged: {esc(', '.join(delta['flagged']) or 'none')}. Composite {delta['composi
 <p>Inconclusive ({len(inconclusive)} pins: the segment is too small to detect its max_drop, or a drop was neither
 shown nor ruled out; they neither refuse nor vouch for the candidate): {esc(', '.join(inconclusive) or 'none')}.
 Failures need evidence: p-values are Holm-adjusted across the run's pins at the pin file's alpha.</p>
-<p><strong>{esc(review.verdict if review is not None else verdict)}</strong></p>
+<p><strong>{esc(review.verdict)}</strong></p>
 <h2>Diagnosis ({esc(diagnosis['provenance']['critic'])})</h2><p>{esc(diagnosis['hypothesis'])}</p>
-{reviewed}
+{review_html(review)}
 {plots}
 <h2>Every pin</h2><table><tr><th>pin</th><th>rows</th><th>before</th><th>after</th><th>delta</th><th>p (Holm)</th>
 <th>p99 before ms</th><th>p99 after ms</th><th>status</th><th>why</th></tr>{rows}</table>
