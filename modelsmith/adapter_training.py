@@ -43,7 +43,9 @@ class SftSettings:
     warmup_steps: int = 5
     seed: int = 0
     heldout_fraction: float = 0.1
-    # Stop after this many epochs in a row without a better held-out score (None: train every epoch).
+    # Stop after this many epochs in a row without a better held-out score (None: train every epoch),
+    # once an epoch has kept the other rows within `collateral_tolerance`: until then every epoch
+    # runs, since the lower learning rates of later epochs are what bring the collateral back.
     # The kept epoch's weights do not depend on it (the schedule is fixed by `epochs`); only a better
     # epoch later than that would be missed.
     patience: int | None = 2
@@ -250,7 +252,8 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
             if score > best["score"]:
                 best.update(score=score, epoch=round(state.epoch or 0), accuracy=acc,
                             weights={k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()})
-            elif sft.patience is not None and round(state.epoch or 0) - best["epoch"] >= sft.patience:
+            elif (sft.patience is not None and best["score"][0]
+                  and round(state.epoch or 0) - best["epoch"] >= sft.patience):
                 log(f"sft: no better held-out score for {sft.patience} epochs after epoch {best['epoch']}; stopping")
                 control.should_training_stop = True
 
