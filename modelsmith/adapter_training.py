@@ -22,19 +22,29 @@ from pathlib import Path
 import polars as pl
 
 from modelsmith.atomic import replace_dir, work_dir
+from modelsmith.config_checks import check_choice, check_int, check_range
 from modelsmith.model_card import adapter_card, make_portable, write_card
 from modelsmith.model_dir import directory_digest
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoraSettings:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
 
+    def __post_init__(self) -> None:
+        check_int(self, "r", 1, 1024)
+        check_int(self, "alpha", 1, 65_536)
+        check_range(self, "dropout", 0.0, 1.0, hi_open=True)
+        if not self.target_modules or (not isinstance(self.target_modules, str)
+                                       and not all(isinstance(m, str) and m for m in self.target_modules)):
+            raise ValueError(f"LoraSettings.target_modules must be 'all-linear' or module names, "
+                             f"got {self.target_modules!r}")
 
-@dataclass
+
+@dataclass(frozen=True)
 class SftSettings:
     learning_rate: float = 3e-3
     epochs: int = 10
@@ -50,8 +60,20 @@ class SftSettings:
     # epoch later than that would be missed.
     patience: int | None = 2
 
+    def __post_init__(self) -> None:
+        check_range(self, "learning_rate", 0.0, 1.0, lo_open=True)
+        check_int(self, "epochs", 1, 1_000)
+        check_int(self, "batch_size", 1, 65_536)
+        if not isinstance(self.scheduler, str) or not self.scheduler:
+            raise ValueError(f"SftSettings.scheduler must name a transformers scheduler, got {self.scheduler!r}")
+        check_int(self, "warmup_steps", 0)
+        check_int(self, "seed", 0, 2**32 - 1)
+        check_range(self, "heldout_fraction", 0.0, 1.0, lo_open=True, hi_open=True)
+        if self.patience is not None:
+            check_int(self, "patience", 1, 1_000)
 
-@dataclass
+
+@dataclass(frozen=True)
 class GrpoSettings:
     """GRPO after SFT: the reward is agreement with the policy's decision plus a format term.
 
@@ -67,6 +89,18 @@ class GrpoSettings:
     rows: int = 1_000  # prompts drawn from the training split (target and replay alike)
     tolerance: float = 0.005  # how much held-out accuracy on the other rows GRPO may cost and still be kept
 
+    def __post_init__(self) -> None:
+        check_range(self, "learning_rate", 0.0, 1.0, lo_open=True)
+        check_int(self, "steps", 1, 1_000_000)
+        check_int(self, "batch_size", 1, 65_536)
+        check_int(self, "num_generations", 2, 1_024)
+        check_range(self, "temperature", 0.0, 10.0, lo_open=True)
+        check_int(self, "rows", 1)
+        check_range(self, "tolerance", 0.0, 1.0)
+        if self.batch_size % self.num_generations:  # trl groups each prompt's completions inside one batch
+            raise ValueError(f"GrpoSettings.batch_size ({self.batch_size}) must be a multiple of "
+                             f"GrpoSettings.num_generations ({self.num_generations})")
+
 
 def qlora_unavailable_reason() -> str | None:
     """Why 4-bit QLoRA cannot be used here (it needs CUDA and bitsandbytes), or None when it can."""
@@ -81,7 +115,7 @@ def qlora_unavailable_reason() -> str | None:
     return None
 
 
-@dataclass
+@dataclass(frozen=True)
 class AdapterRecipe:
     stages: tuple[str, ...] = ("sft",)
     qlora: bool = True  # 4-bit base weights when CUDA and bitsandbytes are present (see qlora_unavailable_reason)
@@ -93,6 +127,12 @@ class AdapterRecipe:
     # fall more than this below the untrained adapter's is not kept while another epoch stays within it.
     collateral_tolerance: float = 0.01
     threads: int = 1  # torch CPU threads; 1 was the fastest for the default model on 2 cores (benchmarks/threads)
+
+    def __post_init__(self) -> None:
+        check_choice(self, "stages", (("sft",), ("sft", "grpo")))
+        check_range(self, "replay_weight", 0.0, 1_000.0)
+        check_range(self, "collateral_tolerance", 0.0, 1.0)
+        check_int(self, "threads", 1, 1_024)
 
 
 def split_heldout(rows: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -19,11 +19,12 @@ from pathlib import Path
 import polars as pl
 
 from modelsmith.atomic import work_dir
+from modelsmith.config_checks import check_int, check_range
 from modelsmith.model_dir import directory_digest
 from modelsmith.prompt import PROMPT_LENGTH, prompts, train_tokenizer
 
 
-@dataclass
+@dataclass(frozen=True)
 class TinyLlamaConfig:
     """Architecture of the default model: sized to the policy, not to a benchmark."""
 
@@ -33,8 +34,17 @@ class TinyLlamaConfig:
     num_attention_heads: int = 4
     num_key_value_heads: int = 4
 
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads"):
+            check_int(self, name, 1, 1_000_000)
+        if self.hidden_size % self.num_attention_heads or self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"TinyLlamaConfig: hidden_size ({self.hidden_size}) must be a multiple of "
+                             f"num_attention_heads ({self.num_attention_heads}), and that of num_key_value_heads "
+                             f"({self.num_key_value_heads})")
 
-@dataclass
+
+@dataclass(frozen=True)
 class PretrainConfig:
     """How the default model is pre-trained (full fine-tuning from random weights, CPU settings)."""
 
@@ -53,6 +63,19 @@ class PretrainConfig:
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     architecture: TinyLlamaConfig = field(default_factory=TinyLlamaConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("seed", "train_pack_seed", "validation_pack_seed", "holdout_pack_seed"):
+            check_int(self, name, 0, 2**32 - 1)
+        for name in ("epochs_per_round", "schedule_rounds", "max_rounds"):
+            check_int(self, name, 1, 10_000)
+        check_int(self, "batch_size", 1, 65_536)
+        check_range(self, "learning_rate", 0.0, 1.0, lo_open=True)
+        check_range(self, "warmup_ratio", 0.0, 1.0, hi_open=True)
+        check_range(self, "weight_decay", 0.0, 1.0)
+        if len({self.train_pack_seed, self.validation_pack_seed, self.holdout_pack_seed}) < 3:
+            raise ValueError("PretrainConfig: train_pack_seed, validation_pack_seed and holdout_pack_seed must differ "
+                             "(the validation and holdout packs measure data the base never trained on)")
 
 
 def _cpu_threads() -> None:
@@ -203,13 +226,10 @@ def unseen_accuracy(model, tokenizer, labelled: pl.DataFrame, pins) -> dict:
 
 
 def v1_packs(cfg: "PretrainConfig", pack_size: int, validation_size: int = 10_000):
-    """(train, validation, holdout) policy v1 packs from the config's three seeds; refuses seeds that coincide."""
+    """(train, validation, holdout) policy v1 packs from the config's three seeds (distinct: `PretrainConfig`)."""
     from scenario_data.generator import generate_requests, label_requests
     from scenario_data.policy import shipped_policy
 
-    seeds = (cfg.train_pack_seed, cfg.validation_pack_seed, cfg.holdout_pack_seed)
-    if len(set(seeds)) != 3:
-        raise ValueError(f"train, validation and holdout pack seeds must differ, got {seeds}")
     v1 = shipped_policy(1)
     return (label_requests(generate_requests(pack_size, cfg.train_pack_seed), v1),
             label_requests(generate_requests(validation_size, cfg.validation_pack_seed), v1),

@@ -109,9 +109,10 @@ def test_patience_stops_training_and_keeps_the_same_epoch(model_dir, training_ro
 def test_patience_waits_for_an_epoch_within_the_collateral_tolerance(model_dir, training_rows, tmp_path):  # noqa: F811
     """No early stop while every epoch so far costs the other rows too much: later, calmer epochs may not."""
     lines: list[str] = []
-    # A tolerance no epoch can meet (others must rise 50 points above the untrained adapter's).
-    recipe = AdapterRecipe(sft=SftSettings(epochs=6, batch_size=16, heldout_fraction=0.2, patience=2),
-                           collateral_tolerance=-0.5)
+    recipe = AdapterRecipe(sft=SftSettings(epochs=6, batch_size=16, heldout_fraction=0.2, patience=2))
+    # A tolerance no epoch can meet (others must rise 50 points above the untrained adapter's): outside the
+    # range `AdapterRecipe` accepts, so set past its check.
+    object.__setattr__(recipe, "collateral_tolerance", -0.5)
     summary = train_adapter(model_dir, training_rows, tmp_path / "a", recipe, log=lines.append)
     assert summary["epochs_run"] == 6 and not any("stopping" in line for line in lines)
     assert not any(h["collateral_ok"] for h in summary["history"])
