@@ -20,6 +20,8 @@ from resources.critic import ClaudeCritic
 from tests.support.fake_anthropic import FakeAnthropic, Reply, tool_use
 from tests.unit.critic.test_claude_critic import KEY, MODEL, VALID, TableCritic, critic_input
 
+pytestmark = pytest.mark.slow  # minutes each: `pytest -m 'not slow'` for a quick run
+
 
 def _closed_port() -> int:
     """A port on 127.0.0.1 that nothing listens on (bound, then released)."""

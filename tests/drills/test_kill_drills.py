@@ -17,6 +17,8 @@ import pytest
 
 from tests.drills.fault_support import Child, hidden, visible
 
+pytestmark = pytest.mark.slow  # minutes each: `pytest -m 'not slow'` for a quick run
+
 V1_LENIENT_PINS = ("defaults: {accuracy_floor: 0.0, latency_p99_ms: 100000}\npins:\n  - {name: all}\n"
                    "  - {name: games, where: {vertical: Video Gaming}}\n")
 GAMING = {"vertical": {"eq": "Video Gaming"}}

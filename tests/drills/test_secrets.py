@@ -34,6 +34,8 @@ from resources.signer import PRIVATE_KEY, Ed25519Signer, KeyPermissionError, Sig
 from tests.drills.load_support import REPO, scan, scan_text, secret_forms, signing_key_forms
 from tests.support.fake_anthropic import FakeAnthropic, api_key, tool_use
 
+pytestmark = pytest.mark.slow  # minutes each: `pytest -m 'not slow'` for a quick run
+
 TOKEN = secrets.token_hex(20)
 KEY = f"sk-ant-drill-{TOKEN}"  # distinctive: nothing else anywhere contains it
 PIN = "Video Gaming/app"

@@ -55,6 +55,8 @@ from tests.drills.load_support import (
     write_workspace,
 )
 
+pytestmark = pytest.mark.slow  # minutes each: `pytest -m 'not slow'` for a quick run
+
 REPO = Path(__file__).resolve().parents[2]
 REGRESSIONS = 20
 QUEUED_RUNS = 5  # submitted to the queue by default (MODELSMITH_DRILL_RUNS overrides, up to 20)

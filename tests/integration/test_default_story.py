@@ -30,6 +30,8 @@ from modelsmith.pin_runs import history
 from scenario_data.policy import shipped_policy
 from tests.conftest import seed_default_base
 
+pytestmark = pytest.mark.slow  # minutes each: `pytest -m 'not slow'` for a quick run
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -27,6 +27,8 @@ from modelsmith.model_dir import file_sha256, read_champion
 from scenario_data.policy import POLICIES_DIR
 from tests.conftest import seed_default_base
 
+pytestmark = pytest.mark.slow  # minutes each: `pytest -m 'not slow'` for a quick run
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
 SENSOR_INTERVAL_S = 5  # MODELSMITH_SENSOR_INTERVAL_S for the daemon under test (30 s by default)

@@ -22,6 +22,8 @@ from scenario_data.generator import generate_requests, label_requests
 from scenario_data.policy import shipped_policy
 from tests.support.llm_dirs import build_llm_dir
 
+pytestmark = pytest.mark.slow  # minutes each: `pytest -m 'not slow'` for a quick run
+
 REPO = Path(__file__).resolve().parents[2]
 PINS = """version: 1
 defaults:
