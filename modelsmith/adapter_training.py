@@ -160,7 +160,7 @@ def _dataset(tokenizer, rows: pl.DataFrame):
 
 def heldout_accuracy(model, tokenizer, rows: pl.DataFrame) -> dict[str, float]:
     """Accuracy per `source` (target, replay, contrast) and over every non-target row (`others`)."""
-    from resources.inference import TransformersEngine
+    from modelsmith.engines.inference import TransformersEngine
 
     engine = TransformersEngine.from_loaded(model, tokenizer, batch_size=64)
     predicted = engine.decide(rows).decision

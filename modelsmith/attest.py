@@ -72,7 +72,7 @@ so that the report says which file was changed.
 Library: the DSSE envelope (PAE, base64, sign and verify) is securesystemslib's
 ``securesystemslib.dsse.Envelope`` (securesystemslib==1.6.0; no dependencies of its own, it
 verifies Ed25519 through ``cryptography``), with the key as an ``SSlibKey`` whose keyid is
-`resources.signer.key_id_for`. The private key stays inside `Ed25519Signer`: a small
+`modelsmith.engines.signer.key_id_for`. The private key stays inside `Ed25519Signer`: a small
 ``securesystemslib.signer.Signer`` adapter calls its ``sign``. The in-toto Statement is a plain
 dict (four fields) built and checked here: the ``in-toto-attestation`` package (0.9.3, 2023) is
 generated protobuf bindings and would add protobuf for what `statement` does in a few lines.
@@ -100,7 +100,7 @@ from securesystemslib.signer import Key, Signature, Signer, SSlibKey
 from modelsmith.atomic import fsync_dir, work_dir, write_bytes, write_text, write_with
 from modelsmith.model_dir import file_sha256
 from modelsmith.lineage import canonical_json
-from resources.signer import key_id_for
+from modelsmith.engines.signer import key_id_for
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from modelsmith.champion import Champion, read_champion, write_champion
+
 GENESIS = "0" * 64
 MOVES = ("bootstrap", "approve", "rollback")  # actions that set the champion
 REFUSED = "refused"  # a decision the gate refused: recorded, moves nothing
@@ -61,8 +63,6 @@ def complete_interrupted_move(home: Path) -> str | None:
     have written) and returns it. Anything else (no such lag, or a record that matches neither side)
     is left alone for `verify` to report. Returns None when there was nothing to finish.
     """
-    from modelsmith.model_dir import read_champion, write_champion
-
     log = [e for e in entries(home) if e.get("action") != REFUSED]  # a refused attempt moves nothing
     if not log or log[-1].get("action") not in MOVES:
         return None
@@ -85,8 +85,6 @@ class AuditReport:
 
 def verify(home: Path) -> AuditReport:
     """Check the chain, each entry's digest, and that the champion record matches the last move."""
-    from modelsmith.model_dir import read_champion
-
     path = audit_path(home)
     errors: list[str] = []
     prev, last_move, last = GENESIS, None, None
@@ -122,3 +120,12 @@ def verify(home: Path) -> AuditReport:
         errors.append(f"champion.json: holds {held[:16] if held else 'nothing'}, the audit log's "
                       f"last move set {str(last_move.get('champion_after'))[:16]} ({why})")
     return AuditReport(not errors, len(lines), errors)
+
+
+def bootstrap_champion(home: Path, base_digest: str) -> Champion:
+    """At bootstrap the base model is the champion; an existing champion is never replaced here."""
+    existing = read_champion(home)
+    if existing is not None:
+        return existing
+    append(home, "bootstrap", champion_before=None, champion_after=base_digest, by="bootstrap")
+    return write_champion(home, base_digest, by="bootstrap", reason="no champion yet: the base model")

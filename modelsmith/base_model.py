@@ -213,7 +213,7 @@ def pins_hold_on(validation: pl.DataFrame, pins) -> Callable[[object, object], b
 def unseen_accuracy(model, tokenizer, labelled: pl.DataFrame, pins) -> dict:
     """Accuracy of `model` on `labelled` overall and per pin, with the pins under their floor."""
     from modelsmith.evaluate import predictions_frame, score_pins
-    from resources.inference import TransformersEngine
+    from modelsmith.engines.inference import TransformersEngine
 
     engine = TransformersEngine.from_loaded(model, tokenizer, batch_size=64)
     preds = predictions_frame(labelled, engine.decide(labelled).to_frame())

@@ -258,7 +258,7 @@ def pins_run(model_dir: Path, adapter_dir: Path | None, policy_path: str, scenar
     from modelsmith.model_dir import directory_digest
     from modelsmith.pin_runs import pin
     from modelsmith.pins import load_pins
-    from resources.inference import load_engine
+    from modelsmith.engines.inference import load_engine
 
     pinset = load_pins(pins_path)
     labelled = _labelled(scenario_file, _policy(policy_path))
@@ -402,7 +402,7 @@ def gate_keygen(key_dir: Path, name: str, may: str) -> None:
     """Create a reviewer's Ed25519 key in KEY_DIR (private key mode 0600) and print their reviewers.yaml entry."""
     import yaml
 
-    from resources.signer import Ed25519Signer
+    from modelsmith.engines.signer import Ed25519Signer
 
     pem = Ed25519Signer(key_dir).public_key_pem()
     entry = {"name": name, "public_key": pem, "may": [m.strip() for m in may.split(",") if m.strip()]}

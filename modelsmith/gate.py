@@ -20,7 +20,8 @@ from pathlib import Path
 
 from modelsmith import audit
 from modelsmith.atomic import write_bytes, write_text
-from modelsmith.model_dir import Registry, file_sha256, read_champion, short, write_champion
+from modelsmith.model_dir import Registry, file_sha256, short
+from modelsmith.champion import read_champion, write_champion
 
 DECISIONS = ("approve", "reject", "rollback")
 VSA = "https://slsa.dev/verification_summary/v1"

@@ -15,7 +15,8 @@ from pathlib import Path
 from modelsmith.cycles import CYCLES, cycle_dir, open_cycle
 from modelsmith.delta import verdict_sentence
 from modelsmith.evidence import cycle_bundle_dirs
-from modelsmith.model_dir import Registry, file_sha256, read_champion, short
+from modelsmith.model_dir import Registry, file_sha256, short
+from modelsmith.champion import read_champion
 
 TRIGGER = {"modelsmith/trigger": "modelsmith loop"}
 

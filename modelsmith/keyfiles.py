@@ -1,6 +1,6 @@
 """Private key files: created once with mode 0600, and refused when group or others may read them.
 
-Shared by the Ed25519 signer (`resources.signer`) and the model-signing P-256 key
+Shared by the Ed25519 signer (`modelsmith.engines.signer`) and the model-signing P-256 key
 (`modelsmith.model_signature`), so both keys are born and guarded the same way.
 """
 

@@ -25,7 +25,7 @@ from typing import Any
 import polars as pl
 
 from modelsmith.atomic import write_text, write_with
-from resources.signer import Ed25519Signer, key_id_for, verify
+from modelsmith.engines.signer import Ed25519Signer, key_id_for, verify
 
 LINEAGE_FILE = "lineage.json"
 DIGESTS_FILE = "row_digests.parquet"

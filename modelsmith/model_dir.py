@@ -1,11 +1,10 @@
-"""Model versions: directories named by the digest of their files, a registry of them, and the champion.
+"""Model versions: directories named by the digest of their files, and a registry of them.
 
 A model version is a base model directory or a LoRA adapter directory (on one base). Its name is
 the SHA-256 of a manifest of its files (relative path and SHA-256 of each; the model card and the
 model-signing signature aside),
 so the same weights have the same name wherever they were produced. The registry records, per digest, where the
-directory is and what it is; the champion is one small record that only the promotion gate moves
-(and bootstrap sets to the base model when there is none).
+directory is and what it is. Which version is the champion is `modelsmith.champion`'s record.
 """
 
 import hashlib
@@ -140,38 +139,3 @@ class Registry:
         if not self.root.is_dir():
             return []
         return [ModelVersion(**json.loads(p.read_text())) for p in sorted(self.root.glob("*.json"))]
-
-
-@dataclass(frozen=True)
-class Champion:
-    model_version: str  # full digest
-    since: str
-    by: str
-    reason: str = ""
-
-
-def champion_path(home: Path) -> Path:
-    return Path(home) / "champion.json"
-
-
-def read_champion(home: Path) -> Champion | None:
-    path = champion_path(home)
-    return Champion(**json.loads(path.read_text())) if path.exists() else None
-
-
-def write_champion(home: Path, digest: str, by: str, reason: str) -> Champion:
-    """Move the champion pointer. Only the promotion gate calls this (and bootstrap, once), after the audit entry."""
-    record = Champion(digest, datetime.now(UTC).isoformat(timespec="seconds"), by, reason)
-    write_text(champion_path(home), json.dumps(asdict(record), indent=2))
-    return record
-
-
-def bootstrap_champion(home: Path, base_digest: str) -> Champion:
-    """At bootstrap the base model is the champion; an existing champion is never replaced here."""
-    existing = read_champion(home)
-    if existing is not None:
-        return existing
-    from modelsmith import audit
-
-    audit.append(home, "bootstrap", champion_before=None, champion_after=base_digest, by="bootstrap")
-    return write_champion(home, base_digest, by="bootstrap", reason="no champion yet: the base model")

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from modelsmith.attest import VerificationError, open_envelope, sign_statement, statement
-from resources.signer import Ed25519Signer, key_id_for
+from modelsmith.engines.signer import Ed25519Signer, key_id_for
 
 APPROVAL_TYPE = "https://modelsmith.dev/approval/v1"
 DECISIONS = ("approve", "reject", "rollback")

@@ -20,7 +20,8 @@ from pathlib import Path
 import dagster as dg
 
 from modelsmith.cycles import CYCLES, open_cycle
-from modelsmith.model_dir import read_champion, short
+from modelsmith.champion import read_champion
+from modelsmith.model_dir import short
 from resources.scenarios import ScenarioSettings
 from resources.storage import StorageEngine
 

@@ -60,7 +60,7 @@ def promotion(context: dg.AssetExecutionContext, config: PromotionConfig, storag
 def champion(context: dg.AssetExecutionContext, storage: StorageEngine) -> dg.MaterializeResult:
     """The model version every pin run loads, after each decision; its history is the audit log."""
     from modelsmith import audit
-    from modelsmith.model_dir import read_champion
+    from modelsmith.champion import read_champion
 
     home = storage.base()
     record = read_champion(home)

@@ -13,7 +13,9 @@ import polars as pl
 
 from modelsmith.base_model import build_default
 from modelsmith.evaluate import PinResult, markdown_table
-from modelsmith.model_dir import Registry, bootstrap_champion, read_champion
+from modelsmith.model_dir import Registry
+from modelsmith.audit import bootstrap_champion
+from modelsmith.champion import read_champion
 from modelsmith.pin_runs import pin, reference_for, runs, store
 from modelsmith.pins import PinSet
 from modelsmith.regression import regression_report_for
@@ -101,7 +103,7 @@ def engine_for(version, registry: Registry, inference: InferenceSettings, champi
         return inference.load(version.path)
     base = registry.get(version.base)
     if inference.merge_champion and inference.engine == "transformers" and version.digest == champion:
-        from resources.inference import TransformersEngine
+        from modelsmith.engines.inference import TransformersEngine
 
         return TransformersEngine.merged(base.path, version.path, inference.device, inference.batch_size,
                                          inference.threads)

@@ -26,7 +26,7 @@ def main() -> None:
 
     from modelsmith.adapter_training import AdapterRecipe, SftSettings, train_adapter
     from modelsmith.base_model import PretrainConfig, build_default
-    from resources.inference import TransformersEngine, VllmEngine
+    from modelsmith.engines.inference import TransformersEngine, VllmEngine
     from scenario_data.generator import generate_requests, label_requests
     from scenario_data.policy import shipped_policy
     from tests.support.llm_dirs import build_llm_dir

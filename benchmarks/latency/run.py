@@ -24,7 +24,7 @@ def main() -> None:
     from benchmarks.pins.run import make_adapter
     from modelsmith.base_model import PretrainConfig, build_default
     from modelsmith.home import modelsmith_home
-    from resources.inference import TransformersEngine
+    from modelsmith.engines.inference import TransformersEngine
     from scenario_data.generator import generate_requests, label_requests
     from scenario_data.policy import shipped_policy
 

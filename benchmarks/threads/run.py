@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def decide_rate(model_dir: Path, rows, threads: int) -> float:
-    from resources.inference import TransformersEngine
+    from modelsmith.engines.inference import TransformersEngine
 
     engine = TransformersEngine(model_dir, batch_size=4, threads=threads)
     engine.decide(rows.head(64))  # warm up

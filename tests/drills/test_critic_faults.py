@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from resources.critic import ClaudeCritic
+from modelsmith.engines.claude_critic import ClaudeCritic
 from tests.support.fake_anthropic import FakeAnthropic, Reply, tool_use
 from tests.unit.critic.test_claude_critic import KEY, MODEL, VALID, TableCritic, critic_input
 
@@ -112,7 +112,8 @@ def cycle_on_fallback(tmp_path_factory):
     from modelsmith.base_model import TinyLlamaConfig, build_model
     from modelsmith.cycles import CYCLES, open_cycle
     from modelsmith.headless import refused_by_its_gate_check
-    from modelsmith.model_dir import read_champion, short
+    from modelsmith.champion import read_champion
+    from modelsmith.model_dir import short
     from modelsmith.prompt import prompts, train_tokenizer
     from modelsmith_assets.definitions import build_definitions
     from resources import (

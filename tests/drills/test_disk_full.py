@@ -17,7 +17,7 @@ import pytest
 
 from modelsmith.attest import verify_bundle, write_bundle
 from modelsmith.model_dir import file_sha256
-from resources.signer import Ed25519Signer
+from modelsmith.engines.signer import Ed25519Signer
 from tests.drills.fault_support import PYTHON, REPO
 
 SUMMARY = {"cycle": "c1", "candidate": "a" * 64, "champion": "b" * 64, "offer_for_promotion": True}

@@ -53,7 +53,7 @@ def _swept(root: Path) -> list[str]:
 def job_pin(home: str, model_dir: str) -> Path:
     from modelsmith.pin_runs import pin, store
     from modelsmith.pins import parse_pins
-    from resources.inference import TransformersEngine
+    from modelsmith.engines.inference import TransformersEngine
     from scenario_data.generator import generate_requests, label_requests
     from scenario_data.policy import shipped_policy
 
@@ -68,7 +68,7 @@ def job_synthesise(home: str, key_dir: str, cycle: str = "c1") -> Path:
     from modelsmith.diagnosis import SynthesisSpec
     from modelsmith.lineage import build_lineage, write_lineage
     from modelsmith.synthesis import synthesise
-    from resources.signer import Ed25519Signer
+    from modelsmith.engines.signer import Ed25519Signer
     from scenario_data.generator import generate_requests, label_requests
     from scenario_data.policy import shipped_policy
 
@@ -95,7 +95,7 @@ def job_train(model_dir: str, rows: str, out: str) -> dict:
 
 def job_bundle(home: str, key_dir: str, adapter: str, name: str = "c1"):
     from modelsmith.attest import write_bundle
-    from resources.signer import Ed25519Signer
+    from modelsmith.engines.signer import Ed25519Signer
 
     files = {"report.html": b"<html><body>candidate repairs Gaming</body></html>",
              "diagnosis.json": json.dumps({"hypothesis": "rewarded atf in Gaming"}).encode(),
@@ -106,7 +106,7 @@ def job_bundle(home: str, key_dir: str, adapter: str, name: str = "c1"):
 
 def job_decide(home: str) -> dict:
     from modelsmith.gate import Decision, decide, pending
-    from resources.signer import Ed25519Signer
+    from modelsmith.engines.signer import Ed25519Signer
 
     return decide(Path(home), Decision("ana", "approve", pending(Path(home)), "fixes Gaming"),
                   Ed25519Signer(Path(home) / "keys"), "run-1")
@@ -322,7 +322,8 @@ def test_bundle_killed_before_the_directory_and_before_the_tar(tmp_path, adapter
 
 def _gate_home(home: Path, adapter_files: Path) -> tuple[str, str, str]:
     """A home with a base champion, an adapter and a signed bundle offering it: (base, adapter, bundle digest)."""
-    from modelsmith.model_dir import Registry, bootstrap_champion
+    from modelsmith.model_dir import Registry
+    from modelsmith.audit import bootstrap_champion
 
     base_dir = home / "models" / "base"
     base_dir.mkdir(parents=True)
@@ -349,7 +350,7 @@ def _audit_lines_intact(home: Path) -> list[str]:
 def test_promotion_killed_before_and_after_its_audit_entry(tmp_path, adapter_files):
     from modelsmith import audit
     from modelsmith.gate import GateError, pending
-    from modelsmith.model_dir import champion_path, read_champion
+    from modelsmith.champion import champion_path, read_champion
 
     ref = tmp_path / "ref"
     _, ref_adapter, _ = _gate_home(ref, adapter_files)
@@ -389,6 +390,6 @@ def test_promotion_killed_before_and_after_its_audit_entry(tmp_path, adapter_fil
 
 def _decide_again(home: Path, digest: str) -> dict:
     from modelsmith.gate import Decision, decide
-    from resources.signer import Ed25519Signer
+    from modelsmith.engines.signer import Ed25519Signer
 
     return decide(home, Decision("ana", "approve", digest, "fixes Gaming"), Ed25519Signer(home / "keys"), "run-2")

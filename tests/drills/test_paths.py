@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from modelsmith.attest import verify_bundle, write_bundle
-from resources.signer import Ed25519Signer
+from modelsmith.engines.signer import Ed25519Signer
 from scenario_data.ingest import IngestError, expand_paths, ingest_paths
 from tests.drills.input_support import real_requests, write_jsonl
 

@@ -38,7 +38,7 @@ from modelsmith.pins import parse_pins
 from modelsmith.statistical_critic import StatisticalCritic
 from modelsmith.synthesis import check_disjoint, filter_expr, synthesis_seed, synthesise
 from modelsmith.traces import failure_traces
-from resources.critic import SYSTEM_PROMPT, TOOL, ClaudeCritic
+from modelsmith.engines.claude_critic import SYSTEM_PROMPT, TOOL, ClaudeCritic
 from resources.trainer import TrainerSettings
 from scenario_data.ingest import ingest_paths
 from scenario_data.policy import OPS, POLICY_FEATURES, shipped_policy
@@ -123,7 +123,7 @@ def rows(tmp_path_factory, realdata: Path) -> dict[str, pl.DataFrame]:
 def engine(tmp_path_factory, rows):
     from modelsmith.base_model import TinyLlamaConfig, build_model
     from modelsmith.prompt import prompts, train_tokenizer
-    from resources.inference import TransformersEngine
+    from modelsmith.engines.inference import TransformersEngine
 
     tok = train_tokenizer(prompts(rows["clean"]))
     arch = TinyLlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1)

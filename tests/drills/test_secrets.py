@@ -30,7 +30,8 @@ from dagster._core.snap import JobSnap
 from dagster._serdes import serialize_value
 
 from modelsmith_assets.definitions import build_definitions
-from resources.signer import PRIVATE_KEY, Ed25519Signer, KeyPermissionError, SignerSettings
+from modelsmith.engines.signer import PRIVATE_KEY, Ed25519Signer, KeyPermissionError
+from resources.signer import SignerSettings
 from tests.drills.load_support import REPO, scan, scan_text, secret_forms, signing_key_forms
 from tests.support.fake_anthropic import FakeAnthropic, api_key, tool_use
 
@@ -178,7 +179,7 @@ def test_the_loops_key_file_is_0600_in_a_0700_directory(loop):
 
 
 def test_a_new_key_is_created_0600(tmp_path):
-    from resources.signer import verify
+    from modelsmith.engines.signer import verify
 
     signer = SignerSettings(key_dir=str(tmp_path / "keys")).signer()
     assert stat.S_IMODE((tmp_path / "keys" / PRIVATE_KEY).stat().st_mode) == 0o600

@@ -36,7 +36,9 @@ from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from modelsmith.base_model import TinyLlamaConfig, build_model
 from modelsmith.cycles import CYCLES, cycle_dir
 from modelsmith.diagnosis import Provenance, validate_diagnosis
-from modelsmith.model_dir import Registry, bootstrap_champion, read_champion, short
+from modelsmith.model_dir import Registry, short
+from modelsmith.audit import bootstrap_champion
+from modelsmith.champion import read_champion
 from modelsmith.pins import load_pins
 from modelsmith.prompt import prompts, train_tokenizer
 from modelsmith.synthesis import filter_expr

@@ -5,7 +5,8 @@ import json
 import dagster as dg
 import pytest
 
-from modelsmith.model_dir import read_champion, short
+from modelsmith.champion import read_champion
+from modelsmith.model_dir import short
 from modelsmith_assets.definitions import build_definitions
 from resources import InferenceSettings, LocalStorage, ModelSettings, ScenarioSettings
 from scenario_data.policy import POLICIES_DIR

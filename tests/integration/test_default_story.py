@@ -25,7 +25,8 @@ import pytest
 from click.testing import CliRunner
 
 from modelsmith.cli import main
-from modelsmith.model_dir import Registry, read_champion, short
+from modelsmith.model_dir import Registry, short
+from modelsmith.champion import read_champion
 from modelsmith.pin_runs import history
 from scenario_data.policy import shipped_policy
 from tests.conftest import seed_default_base

@@ -23,7 +23,8 @@ import pytest
 
 from modelsmith.headless import cycle_outcome
 from modelsmith.evidence import cycle_bundle_dirs
-from modelsmith.model_dir import file_sha256, read_champion
+from modelsmith.model_dir import file_sha256
+from modelsmith.champion import read_champion
 from scenario_data.policy import POLICIES_DIR
 from tests.conftest import seed_default_base
 

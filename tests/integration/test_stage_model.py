@@ -5,7 +5,8 @@ import json
 import dagster as dg
 import pytest
 
-from modelsmith.model_dir import Registry, read_champion, short
+from modelsmith.model_dir import Registry, short
+from modelsmith.champion import read_champion
 from modelsmith.pins import parse_pins
 from modelsmith_assets.model import build_model_defs
 from modelsmith_assets.scenarios import policy, replayed_auctions, scenario_pack

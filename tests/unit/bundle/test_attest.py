@@ -21,7 +21,7 @@ from modelsmith.attest import (BUNDLE_FILE, BUNDLE_PREDICATE_TYPE, PAYLOAD_TYPE,
                                verify_bundle, write_bundle, write_tar)
 from modelsmith.cli import main
 from modelsmith.lineage import canonical_json
-from resources.signer import Ed25519Signer
+from modelsmith.engines.signer import Ed25519Signer
 
 ATTESTATIONS = [
     ("pins", "https://modelsmith.dev/pins/v1", {"composite": 0.91, "passed": True}),

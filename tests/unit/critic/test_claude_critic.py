@@ -20,7 +20,8 @@ import pytest
 from modelsmith.critics import CriticInput
 from modelsmith.diagnosis import DIAGNOSIS_SCHEMA, Diagnosis, Provenance, validate_diagnosis
 from modelsmith.prompt import LABEL_TOKENS, PROMPT_COLUMNS
-from resources.critic import ClaudeCritic, CriticSettings, request_digest
+from modelsmith.engines.claude_critic import ClaudeCritic, request_digest
+from resources.critic import CriticSettings
 from scenario_data.generator import generate_requests, label_requests
 from scenario_data.policy import POLICY_FEATURES, shipped_policy
 from tests.support.fake_anthropic import (

@@ -3,7 +3,8 @@
 import json
 
 from modelsmith import audit
-from modelsmith.model_dir import bootstrap_champion, write_champion
+from modelsmith.audit import bootstrap_champion
+from modelsmith.champion import write_champion
 
 
 def _home_with_moves(tmp_path):

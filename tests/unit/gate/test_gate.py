@@ -7,8 +7,10 @@ import pytest
 from modelsmith import audit
 from modelsmith.attest import write_bundle
 from modelsmith.gate import Decision, GateError, decide, newest_undecided, pending
-from modelsmith.model_dir import Registry, bootstrap_champion, read_champion
-from resources.signer import Ed25519Signer
+from modelsmith.model_dir import Registry
+from modelsmith.audit import bootstrap_champion
+from modelsmith.champion import read_champion
+from modelsmith.engines.signer import Ed25519Signer
 
 
 def _version(home, name: str, kind: str, base=None):

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from modelsmith import audit
 from modelsmith.cli import main
 from modelsmith.gate import Decision, GateError, decide
-from modelsmith.model_dir import read_champion
+from modelsmith.champion import read_champion
 from modelsmith.reviewers import ReviewerError, load_reviewers
 from tests.unit.gate.test_gate import _bundle, gate  # noqa: F401  (fixture)
 

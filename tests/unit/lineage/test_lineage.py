@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from modelsmith.cli import main
 from modelsmith.lineage import (Lineage, build_lineage, canonical_row, inclusion_proof, merkle_root, prove,
                                 read_lineage, row_digest, verify_inclusion, verify_lineage, write_lineage)
-from resources.signer import Ed25519Signer
+from modelsmith.engines.signer import Ed25519Signer
 from scenario_data.generator import generate_requests, label_requests
 from scenario_data.policy import shipped_policy
 

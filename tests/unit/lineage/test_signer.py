@@ -6,7 +6,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from resources.signer import Ed25519Signer, SignerSettings, key_id_for, verify
+from modelsmith.engines.signer import Ed25519Signer, key_id_for, verify
+from resources.signer import SignerSettings
 
 
 def test_key_created_once_with_mode_0600_and_reused(tmp_path: Path) -> None:

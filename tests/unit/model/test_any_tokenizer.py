@@ -10,7 +10,7 @@ import pytest
 
 from modelsmith.label_scoring import LabelScorer
 from modelsmith.prompt import LABEL_TOKENS, model_prompts
-from resources.inference import TransformersEngine
+from modelsmith.engines.inference import TransformersEngine
 from scenario_data.generator import generate_requests, label_requests
 from scenario_data.policy import shipped_policy
 from tests.support.llm_dirs import build_llm_dir

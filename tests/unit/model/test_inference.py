@@ -5,7 +5,7 @@ import pytest
 
 from modelsmith.base_model import TinyLlamaConfig, build_model
 from modelsmith.prompt import LABEL_TOKENS, prompts, train_tokenizer
-from resources.inference import TransformersEngine, VllmEngine, vllm_unavailable_reason
+from modelsmith.engines.inference import TransformersEngine, VllmEngine, vllm_unavailable_reason
 from scenario_data.generator import generate_requests, label_requests
 from scenario_data.policy import shipped_policy
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from modelsmith.cli import main
 from modelsmith.pin_runs import history, last_passing, pin, reference_for, store
 from modelsmith.pins import parse_pins
-from resources.inference import TransformersEngine
+from modelsmith.engines.inference import TransformersEngine
 from scenario_data.generator import generate_requests, label_requests, write_pack
 from scenario_data.policy import POLICIES_DIR, shipped_policy
 from tests.unit.model.test_inference import model_dir, rows  # noqa: F401  (fixtures)

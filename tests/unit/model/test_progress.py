@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from modelsmith.cli import main
 from modelsmith.pin_runs import pin
 from modelsmith.pins import load_pins
-from resources.inference import TransformersEngine
+from modelsmith.engines.inference import TransformersEngine
 from scenario_data.generator import label_requests, write_pack
 from scenario_data.ingest import ingest_to_files
 from scenario_data.policy import POLICIES_DIR, shipped_policy

@@ -14,7 +14,7 @@ import pytest
 from modelsmith.delta import benchmark_delta_for, blocking_pins, verdict_sentence
 from modelsmith.pin_runs import pin, store
 from modelsmith.pins import parse_pins
-from resources.inference import TransformersEngine
+from modelsmith.engines.inference import TransformersEngine
 from scenario_data.generator import generate_requests, label_requests
 from scenario_data.policy import shipped_policy
 from tests.unit.model.test_inference import adapter_dir, model_dir, rows  # noqa: F401  (fixtures)

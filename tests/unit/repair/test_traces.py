@@ -9,7 +9,7 @@ from modelsmith.evaluate import predictions_frame
 from modelsmith.pins import parse_pins
 from modelsmith.prompt import LABEL_TOKENS, PROMPT_COLUMNS, PROMPT_FEATURES, prompt_words
 from modelsmith.traces import ATTR_PREFIX, attributions, failure_traces
-from resources.inference import TransformersEngine
+from modelsmith.engines.inference import TransformersEngine
 from scenario_data.generator import generate_requests, label_requests
 from scenario_data.policy import shipped_policy
 from tests.unit.model.test_inference import model_dir, rows  # noqa: F401  (fixtures)
