@@ -265,8 +265,8 @@ def secrets_loop() -> None:
     """
     import logging
 
-    from modelsmith.cli import _activate, _instance
-    from modelsmith.headless import run_pass
+    from modelsmith_cli.cli import _activate, _instance
+    from modelsmith_cli.headless import run_pass
     from modelsmith.home import modelsmith_home
     from modelsmith_assets.definitions import build_definitions
     from scenario_data.policy import POLICIES_DIR

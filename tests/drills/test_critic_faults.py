@@ -111,7 +111,7 @@ def cycle_on_fallback(tmp_path_factory):
 
     from modelsmith.base_model import TinyLlamaConfig, build_model
     from modelsmith.cycles import CYCLES, open_cycle
-    from modelsmith.headless import refused_by_its_gate_check
+    from modelsmith_cli.headless import refused_by_its_gate_check
     from modelsmith.champion import read_champion
     from modelsmith.model_dir import short
     from modelsmith.prompt import prompts, train_tokenizer
@@ -175,7 +175,7 @@ def test_a_cycle_completes_on_the_fallback_critic_and_says_so_everywhere(cycle_o
     from modelsmith.attest import verify_bundle
     from modelsmith.critics import CriticInput
     from modelsmith.cycles import read_cycle
-    from modelsmith.headless import refused_by_its_gate_check
+    from modelsmith_cli.headless import refused_by_its_gate_check
     from modelsmith.pins import load_pins
     from modelsmith.statistical_critic import StatisticalCritic
 

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from modelsmith.attest import BUNDLE_FILE, PAYLOAD_TYPE, PUBLIC_KEY_FILE, pae, verify_bundle, write_bundle
-from modelsmith.cli import main
+from modelsmith_cli.cli import main
 from modelsmith.lineage import canonical_json
 from modelsmith.engines.signer import Ed25519Signer
 from scenario_data.ingest import ingest_paths

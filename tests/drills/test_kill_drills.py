@@ -147,7 +147,7 @@ def _record(stage: str, **figures) -> None:
 def test_ingest_killed_before_each_publish_and_at_random(tmp_path):
     from click.testing import CliRunner
 
-    from modelsmith.cli import main
+    from modelsmith_cli.cli import main
     from scenario_data.generator import write_pack
     from scenario_data.policy import shipped_policy
 
@@ -161,7 +161,7 @@ def test_ingest_killed_before_each_publish_and_at_random(tmp_path):
     expected = visible(ref)
     assert set(expected) == {"features.parquet", "quarantine.parquet"}
 
-    cli = "from modelsmith.cli import main\nmain()\n"
+    cli = "from modelsmith_cli.cli import main\nmain()\n"
     out = tmp_path / "out"
     # 1: killed with the features table fsync'd under its temp name, not yet renamed: nothing visible.
     killed = Child(cli, tmp_path / "k1", trap=[{"kind": "rename", "name": "features.parquet"}],

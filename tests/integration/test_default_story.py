@@ -24,7 +24,7 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from modelsmith.cli import main
+from modelsmith_cli.cli import main
 from modelsmith.model_dir import Registry, short
 from modelsmith.champion import read_champion
 from modelsmith.pin_runs import history

@@ -21,7 +21,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from modelsmith.headless import cycle_outcome
+from modelsmith_cli.headless import cycle_outcome
 from modelsmith.evidence import cycle_bundle_dirs
 from modelsmith.model_dir import file_sha256
 from modelsmith.champion import read_champion

@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from modelsmith.cli import main
+from modelsmith_cli.cli import main
 from scenario_data.generator import generate_requests, label_requests
 from scenario_data.policy import shipped_policy
 from tests.support.llm_dirs import build_llm_dir

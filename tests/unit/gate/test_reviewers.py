@@ -8,7 +8,7 @@ import yaml
 from click.testing import CliRunner
 
 from modelsmith import audit
-from modelsmith.cli import main
+from modelsmith_cli.cli import main
 from modelsmith.gate import Decision, GateError, decide
 from modelsmith.champion import read_champion
 from modelsmith.reviewers import ReviewerError, load_reviewers

@@ -11,7 +11,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from modelsmith.atomic import in_use, work_dir
-from modelsmith.cli import main
+from modelsmith_cli.cli import main
 from modelsmith.leftovers import find_leftovers, sweep
 
 HOUR = 3600.0

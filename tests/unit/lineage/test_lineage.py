@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from modelsmith.cli import main
+from modelsmith_cli.cli import main
 from modelsmith.lineage import (Lineage, build_lineage, canonical_row, inclusion_proof, merkle_root, prove,
                                 read_lineage, row_digest, verify_inclusion, verify_lineage, write_lineage)
 from modelsmith.engines.signer import Ed25519Signer

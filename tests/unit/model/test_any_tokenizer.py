@@ -120,7 +120,7 @@ def test_a_lora_adapter_trains_on_an_llm_with_multi_token_labels(qwen2, pack, tm
 def _pins_run(model_dir: Path, tmp_path: Path):
     from click.testing import CliRunner
 
-    from modelsmith.cli import main
+    from modelsmith_cli.cli import main
     from scenario_data.generator import write_pack
 
     pack = tmp_path / "pack.jsonl"

@@ -21,7 +21,7 @@ except ModuleNotFoundError as e:  # 1.1.1 imports pyOpenSSL without declaring it
                 allow_module_level=True)
 
 from modelsmith.adapter_training import train_adapter
-from modelsmith.cli import main
+from modelsmith_cli.cli import main
 from modelsmith.model_dir import directory_digest
 from modelsmith.model_signature import (
     PRIVATE_KEY,

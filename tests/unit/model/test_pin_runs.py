@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from modelsmith.cli import main
+from modelsmith_cli.cli import main
 from modelsmith.pin_runs import history, last_passing, pin, reference_for, store
 from modelsmith.pins import parse_pins
 from modelsmith.engines.inference import TransformersEngine

@@ -16,7 +16,7 @@ import termios
 import polars as pl
 from click.testing import CliRunner
 
-from modelsmith.cli import main
+from modelsmith_cli.cli import main
 from modelsmith.pin_runs import pin
 from modelsmith.pins import load_pins
 from modelsmith.engines.inference import TransformersEngine
@@ -73,7 +73,7 @@ def test_a_terminal_gets_a_bar_with_counts_and_a_rate(tmp_path):
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal 120 columns wide
     env = dict(os.environ)
-    proc = subprocess.Popen([sys.executable, "-c", "from modelsmith.cli import main; main()", "scenarios", "generate",
+    proc = subprocess.Popen([sys.executable, "-c", "from modelsmith_cli.cli import main; main()", "scenarios", "generate",
                              "--n", "45000", "--output", str(tmp_path / "big.jsonl.gz")],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower, env=env)
     os.close(follower)

@@ -8,7 +8,7 @@ import sys
 import polars as pl
 from click.testing import CliRunner
 
-from modelsmith.cli import main
+from modelsmith_cli.cli import main
 from scenario_data.ingest import ingest_paths
 
 
@@ -62,7 +62,7 @@ def test_ingest_command_prints_the_counts_as_json(tmp_path, realdata):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "modelsmith.cli", "scenarios", "--help"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "modelsmith_cli.cli", "scenarios", "--help"], capture_output=True,
                             text=True, check=True)
     assert "generate" in result.stdout and "ingest" in result.stdout
 

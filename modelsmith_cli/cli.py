@@ -114,7 +114,7 @@ def loop(as_json: bool, replay_dir: str | None, policy_path: str | None, epochs:
     """Run the default story headless and stop at the gate: v1 (every pin passes), then v2 (Gaming
     regresses, a repair cycle writes a signed bundle). Same Dagster definitions, one process.
     """
-    from modelsmith.headless import LoopError, autonomy_rate, base_model_summary, run_pass
+    from modelsmith_cli.headless import LoopError, autonomy_rate, base_model_summary, run_pass
     from modelsmith.home import modelsmith_home
     from modelsmith_assets.definitions import build_definitions
     from scenario_data.policy import POLICIES_DIR
