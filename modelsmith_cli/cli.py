@@ -110,7 +110,11 @@ def ingest(paths: tuple[Path, ...], output: Path, domain_lists: tuple[Path, ...]
               help="One pass under this policy (activated first) instead of the v1 -> v2 story")
 @click.option("--epochs", type=click.IntRange(1, 1_000), default=None,
               help="SFT epochs of a repair adapter (TrainerSettings.epochs, default 10): fewer for a big model on a CPU")
-def loop(as_json: bool, replay_dir: str | None, policy_path: str | None, epochs: int | None) -> None:
+@click.option("--pack-size", type=click.IntRange(100, 100_000_000), default=None,
+              help="Requests in the generated scenario pack (ScenarioSettings.pack_size, default 10,000): fewer for a "
+                   "quick try of a big model on a CPU, at the price of wider pin intervals")
+def loop(as_json: bool, replay_dir: str | None, policy_path: str | None, epochs: int | None,
+         pack_size: int | None) -> None:
     """Run the default story headless and stop at the gate: v1 (every pin passes), then v2 (Gaming
     regresses, a repair cycle writes a signed bundle). Same Dagster definitions, one process.
     """
@@ -124,9 +128,11 @@ def loop(as_json: bool, replay_dir: str | None, policy_path: str | None, epochs:
         from modelsmith.model_dir import check_model_dir
 
         _checked(lambda: check_model_dir(os.environ["MODELSMITH_BASE_MODEL"]))
-    from resources import TrainerSettings
+    from resources import ScenarioSettings, TrainerSettings
 
-    defs = build_definitions("embedded", resources={"trainer": TrainerSettings(epochs=epochs)} if epochs else None)
+    overrides = ({"trainer": TrainerSettings(epochs=epochs)} if epochs else {}) | (
+        {"scenarios": ScenarioSettings(pack_size=pack_size)} if pack_size else {})
+    defs = build_definitions("embedded", resources=overrides or None)
     passes = [Path(policy_path)] if policy_path else [POLICIES_DIR / "v1.yaml", POLICIES_DIR / "v2.yaml"]
     results = []
     with _instance(home) as instance:

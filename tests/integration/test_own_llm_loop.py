@@ -6,8 +6,9 @@ text prompts) is built here and pre-trained for a short while on a policy v1 pac
 latency budget for their model on this CPU). `modelsmith loop --policy v1.yaml` pins it; a policy
 change (the below-the-fold rule dropped) regresses it; the same command runs the repair chain:
 traces, a diagnosis, synthetic data, a LoRA adapter on that base, candidate pins and a signed
-bundle, which verifies. The repair uses 3 SFT epochs (`--epochs 3`) to keep CI short; with the
-default 10 the same cycle took 6.6 min of training on the 2-core CI machine.
+bundle, which verifies. The repair uses 3 SFT epochs (`--epochs 3`) and a 4,000-request scenario
+pack (`--pack-size 4000`) to keep CI short; with the default 10 epochs the same cycle took 6.6 min of
+training on the 2-core CI machine.
 """
 
 import json
@@ -25,6 +26,7 @@ from tests.support.llm_dirs import build_llm_dir
 pytestmark = pytest.mark.slow  # minutes each: `pytest -m 'not slow'` for a quick run
 
 REPO = Path(__file__).resolve().parents[2]
+PACK = 4_000  # requests in the scenario pack every pin run decides
 PINS = """version: 1
 defaults:
   accuracy_floor: 0.85
@@ -62,7 +64,7 @@ def own_loop(tmp_path_factory):
         mp.setenv("DAGSTER_HOME", str(home / "dagster"))
         mp.setenv("MODELSMITH_BASE_MODEL", str(model))
         mp.setenv("MODELSMITH_PINS", str(root / "pins.yaml"))
-        replay = ["--replay-dir", str(root / "replay")]
+        replay = ["--replay-dir", str(root / "replay"), "--pack-size", str(PACK)]
         v1 = _loop("--policy", str(REPO / "scenario_data" / "policies" / "v1.yaml"), *replay)
         drift = _loop("--policy", str(REPO / "scenario_data" / "drifts" / "btf_rule_dropped.yaml"), "--epochs", "3",
                       *replay)
@@ -102,5 +104,5 @@ def test_the_bundle_verifies(own_loop):
 def test_rows_decided_by_the_own_model_were_scored_from_text_prompts(own_loop):
     home, _, _, drift = own_loop
     preds = pl.read_parquet(next((home / "pins").rglob("predictions.parquet")))
-    assert preds.height > 10_000 and set(preds["predicted"].unique()) <= {
+    assert preds.height == PACK and set(preds["predicted"].unique()) <= {
         "bid:shade_high", "bid:shade_mid", "bid:shade_low", "no_bid:unsafe", "no_bid:mfa"}
