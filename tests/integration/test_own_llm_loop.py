@@ -104,5 +104,5 @@ def test_the_bundle_verifies(own_loop):
 def test_rows_decided_by_the_own_model_were_scored_from_text_prompts(own_loop):
     home, _, _, drift = own_loop
     preds = pl.read_parquet(next((home / "pins").rglob("predictions.parquet")))
-    assert preds.height == PACK and set(preds["predicted"].unique()) <= {
+    assert preds.height == drift["decisions"] > PACK and set(preds["predicted"].unique()) <= {
         "bid:shade_high", "bid:shade_mid", "bid:shade_low", "no_bid:unsafe", "no_bid:mfa"}
