@@ -77,9 +77,10 @@ def repin_requests(instance: dg.DagsterInstance, home: Path, cursor: int) -> tup
     key = short(champion.model_version)
     if cursor == 0 and _pinned_after(instance, key, latest):
         return [], latest  # first tick: the champion was already pinned on the newest scenarios (e.g. by the loop)
+    name = version_label(home, Registry(home).get(champion.model_version))
     return [dg.RunRequest(job_name=PIN_JOB, partition_key=key, run_key=f"repin-{key}-{latest}",
                           tags={"modelsmith/trigger": "new scenarios or base model",
-                                "modelsmith/model_name": version_label(home, Registry(home).get(champion.model_version))})], latest
+                                "modelsmith/model_name": name})], latest
 
 
 def _pinned_after(instance: dg.DagsterInstance, partition: str, storage_id: int) -> bool:
