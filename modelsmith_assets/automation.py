@@ -19,9 +19,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from modelsmith.cycles import CYCLES, open_cycle
 from modelsmith.champion import read_champion
-from modelsmith.model_dir import short
+from modelsmith.cycles import CYCLES, open_cycle, read_cycle
+from modelsmith.labels import cycle_label, version_label
+from modelsmith.model_dir import Registry, short
 from resources.scenarios import ScenarioSettings
 from resources.storage import StorageEngine
 
@@ -77,8 +78,10 @@ def repin_requests(instance: dg.DagsterInstance, home: Path, cursor: int) -> tup
     key = short(champion.model_version)
     if cursor == 0 and _pinned_after(instance, key, latest):
         return [], latest  # first tick: the champion was already pinned on the newest scenarios (e.g. by the loop)
+    name = version_label(home, Registry(home).get(champion.model_version))
     return [dg.RunRequest(job_name=PIN_JOB, partition_key=key, run_key=f"repin-{key}-{latest}",
-                          tags={"modelsmith/trigger": "new scenarios or base model"})], latest
+                          tags={"modelsmith/trigger": "new scenarios or base model",
+                                "modelsmith/model_name": name})], latest
 
 
 def _pinned_after(instance: dg.DagsterInstance, partition: str, storage_id: int) -> bool:
@@ -106,7 +109,8 @@ def regression_requests(instance: dg.DagsterInstance, home: Path, cursor: int):
             continue  # already run (by `modelsmith loop`, a person, or an earlier daemon): a re-run is a backfill
         cycles.append(cycle)
         requests.append(dg.RunRequest(job_name=REPAIR_JOB, partition_key=cycle, run_key=f"cycle-{cycle}",
-                                      tags={"modelsmith/trigger": "pin regression", "modelsmith/cycle": cycle}))
+                                      tags={"modelsmith/trigger": "pin regression", "modelsmith/cycle": cycle,
+                                            "modelsmith/cycle_label": cycle_label(read_cycle(home, cycle))}))
     latest = max((r.storage_id for r in records), default=cursor)
     return cycles, requests, latest
 

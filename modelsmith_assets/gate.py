@@ -56,33 +56,55 @@ def promotion(context: dg.AssetExecutionContext, config: PromotionConfig, storag
     })
 
 
-@dg.asset(group_name=GROUP, kinds={"json"}, deps=[promotion])
-def champion(context: dg.AssetExecutionContext, storage: StorageEngine) -> dg.MaterializeResult:
-    """The model version every pin run loads, after each decision; its history is the audit log."""
+def champion_state(home) -> tuple[dict, str]:
+    """`champion`'s metadata (the current champion and the audit log, newest first) and its data version."""
     from modelsmith import audit
     from modelsmith.champion import read_champion
+    from modelsmith.labels import version_label
+    from modelsmith.model_dir import Registry
 
-    home = storage.base()
     record = read_champion(home)
+    version = Registry(home).find(record.model_version) if record else None
     entries = audit.entries(home)
     log = [{"seq": e["seq"], "at": e["at"], "action": e["action"], "approver": e.get("approver") or e.get("by") or "",
             "champion_after": short(e.get("champion_after") or ""), "reason": e.get("reason") or e.get("note") or ""}
            for e in entries]
-    return dg.MaterializeResult(
-        metadata={"model_version": record.model_version if record else "none", "by": record.by if record else "",
-                  "reason": record.reason if record else "", "audit_entries": len(entries),
-                  "last_decision": log[-1]["action"] if log else "none",
-                  "audit_log": dg.MetadataValue.md(to_markdown(pl.DataFrame(log[::-1]), max_rows=50)
-                                                   if log else "(no audit entries)")},
-        data_version=dg.DataVersion(record.model_version if record else "none"))
+    return ({"model_version": record.model_version if record else "none",
+             "label": version_label(home, version) if version else "none", "by": record.by if record else "",
+             "reason": record.reason if record else "", "audit_entries": len(entries),
+             "last_decision": log[-1]["action"] if log else "none",
+             "audit_log": dg.MetadataValue.md(to_markdown(pl.DataFrame(log[::-1]), max_rows=50)
+                                              if log else "(no audit entries)")},
+            record.model_version if record else "none")
 
 
-def gate_defs() -> dg.Definitions:
-    """`promotion_job`, its Launchpad pre-filled with the newest undecided bundle of this Modelsmith home."""
+@dg.asset(group_name=GROUP, kinds={"json"}, deps=[promotion])
+def champion(context: dg.AssetExecutionContext, storage: StorageEngine) -> dg.MaterializeResult:
+    """The model version every pin run loads, after each decision; its history is the audit log (from the bootstrap,
+    which `base_model` records as this asset's first materialisation)."""
+    metadata, version = champion_state(storage.base())
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
+
+
+DECISION_RESOURCES = ("storage", "signer")  # all a decision needs: the Launchpad shows no other resource
+
+
+def gate_defs(resources: dict[str, dg.ConfigurableResource],
+              executor: dg.ExecutorDefinition | None = None) -> dg.Definitions:
+    """`promotion_job`, its Launchpad pre-filled with the newest undecided bundle of this Modelsmith home.
+
+    `resources`: the environment's (those named in DECISION_RESOURCES are used). Dagster binds every
+    resource of the code location to an asset job (its Launchpad lists the critic, trainer, model and
+    inference config too); a job resolved here with only the decision's resources keeps them, so its
+    run config schema holds the promotion config, storage and signer (and Dagster's io_manager).
+    """
     digest, offered = newest_undecided(modelsmith_home())
     prefill = {"approver": "", "decision": "approve" if offered else "reject", "bundle_digest": digest, "note": "",
                "rollback_to": "", "signature": ""}
     job = dg.define_asset_job("promotion_job", selection=[promotion, champion],
                               config={"ops": {"promotion": {"config": prefill}}},
                               description="Approve, reject or roll back: the only way the champion moves")
-    return dg.Definitions(assets=[promotion, champion], jobs=[job])
+    needed = {k: resources[k] for k in DECISION_RESOURCES}  # the same objects as the code location's
+    resolved = dg.Definitions(assets=[promotion, champion], jobs=[job], executor=executor,
+                              resources=needed).resolve_job_def(job.name)
+    return dg.Definitions(assets=[promotion, champion], jobs=[resolved], resources=needed)

@@ -13,9 +13,10 @@ import polars as pl
 
 from modelsmith.base_model import build_default
 from modelsmith.evaluate import PinResult, markdown_table
-from modelsmith.model_dir import Registry
 from modelsmith.audit import bootstrap_champion
 from modelsmith.champion import read_champion
+from modelsmith.labels import version_label
+from modelsmith.model_dir import Registry
 from modelsmith.pin_runs import pin, reference_for, runs, store
 from modelsmith.pins import PinSet
 from modelsmith.regression import regression_report_for
@@ -63,11 +64,25 @@ def base_model(context: dg.AssetExecutionContext, model: ModelSettings, storage:
     version = Registry(home).register(path, "base")
     context.instance.add_dynamic_partitions(MODEL_VERSIONS, [version.key])
     champion = bootstrap_champion(home, version.digest)
+    if not context.instance.fetch_materializations(dg.AssetKey("champion"), limit=1).records:
+        _record_champion(context, home)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version.digest),
-        metadata={"digest": version.digest, "partition_key": version.key, "path": dg.MetadataValue.path(str(path)),
+        metadata={"digest": version.digest, "partition_key": version.key, "label": version_label(home, version),
+                  "path": dg.MetadataValue.path(str(path)),
                   "champion": champion.model_version[:16], **info, **signed},
     )
+
+
+def _record_champion(context: dg.AssetExecutionContext, home) -> None:
+    """The `champion` asset's first materialisation, in this run: its history starts with the bootstrap (every
+    later one is the gate's), so a fresh home's champion is not Missing until a first decision."""
+    from modelsmith_assets.gate import champion_state
+
+    metadata, version = champion_state(home)
+    context.log_event(dg.AssetMaterialization(
+        "champion", metadata={**metadata, "recorded_by": "base_model (bootstrap)"},
+        tags={"dagster/data_version": version}))
 
 
 def _unseen_metadata(unseen: dict) -> dict:
@@ -129,7 +144,16 @@ def pin_version(storage: StorageEngine, inference: InferenceSettings, pins: PinS
     return run, store(home, run), reference_name
 
 
-def _check_result(r: PinResult) -> dg.AssetCheckResult:
+EVERY_PIN_HOLDS = "every_pin_holds"  # sorts before every `pin_*` check: the UI lists checks by name
+STATUS_ORDER = {"failed": 0, "inconclusive": 1, "ok": 2}
+
+
+def failing_first(results: list[PinResult]) -> list[PinResult]:
+    """Failed pins, then inconclusive ones, then the rest, each in pin-file order."""
+    return sorted(results, key=lambda r: STATUS_ORDER[r.status])
+
+
+def _pin_check(r: PinResult) -> dict:
     meta = {"segment": r.segment, "rows": r.rows, "accuracy": r.accuracy, "ci_low": r.ci_low, "ci_high": r.ci_high,
             "accuracy_floor": r.accuracy_floor, "latency_p99_ms": r.latency_p99_ms,
             "latency_p99_budget_ms": r.latency_p99_budget_ms, "composite": r.composite}
@@ -142,9 +166,76 @@ def _check_result(r: PinResult) -> dg.AssetCheckResult:
     if r.notes:
         meta["notes"] = r.notes
     # An inconclusive pin is a warning in the UI: it did not fail, and it cannot vouch either.
-    return dg.AssetCheckResult(check_name=r.check_name, asset_key="pin_results", passed=r.status == "ok",
-                               severity=dg.AssetCheckSeverity.WARN if r.status == "inconclusive" else dg.AssetCheckSeverity.ERROR,
-                               metadata=meta)
+    return {"check_name": r.check_name, "passed": r.status == "ok", "metadata": meta,
+            "severity": dg.AssetCheckSeverity.WARN if r.status == "inconclusive" else dg.AssetCheckSeverity.ERROR}
+
+
+def every_pin_sentence(results: list[PinResult]) -> str:
+    """One sentence: which pins fail and why, or that every pin holds."""
+    failed = [r for r in results if r.status == "failed"]
+    inconclusive = sum(r.status == "inconclusive" for r in results)
+    if not failed:
+        return f"every pin holds: {len(results) - inconclusive} ok, {inconclusive} inconclusive"
+    return f"{len(failed)} of {len(results)} pins fail: " + "; ".join(f"{r.pin} ({r.reasons})" for r in failed)
+
+
+def _every_pin_check(results: list[PinResult]) -> dict:
+    """The pins' verdict in one check, listed first; its table puts the failing pins on top."""
+    shown = failing_first([r for r in results if r.status != "ok"])
+    counts = {s: sum(r.status == s for r in results) for s in STATUS_ORDER}
+    return {"check_name": EVERY_PIN_HOLDS, "passed": counts["failed"] == 0, "severity": dg.AssetCheckSeverity.ERROR,
+            "description": every_pin_sentence(results)[:1000],
+            "metadata": {**counts, "failing": ", ".join(r.pin for r in shown if r.status == "failed") or "none",
+                         "pins": dg.MetadataValue.md(markdown_table(shown) if shown else "Every pin ok.")}}
+
+
+def pin_checks(results: list[PinResult], partition: str) -> list[dict]:
+    """The asset-check results of one pin run (as keyword arguments): `every_pin_holds`, then one per pin.
+
+    Each names the version's partition in its metadata: the checks are not partitioned (a preview feature in
+    Dagster 1.13), so the UI shows a result without it otherwise.
+    """
+    checks = [_every_pin_check(results), *(_pin_check(r) for r in results)]
+    return [{**c, "metadata": {"partition": partition, **c["metadata"]}} for c in checks]
+
+
+def pin_results_metadata(run, version, run_dir, reference_name: str, label: str) -> dict:
+    """`pin_results`' metadata for one pin run of `version` (the pins table with the failing ones on top)."""
+    return {
+        "label": label, "dagster/row_count": run.predictions.height,
+        "composite": run.composite, "passed": run.passed,
+        "failed": ", ".join(run.summary()["failed"]) or "none",
+        "inconclusive": ", ".join(r.pin for r in run.results if r.inconclusive) or "none",
+        "regressed": ", ".join(run.summary()["regressed"]) or "none",
+        "reference": reference_name, "policy_digest": run.policy_digest, "scenarios_digest": run.scenarios_digest,
+        "model_version": version.digest, "kind": version.kind,
+        "run_dir": dg.MetadataValue.path(str(run_dir)),
+        "pins": dg.MetadataValue.md(markdown_table(failing_first(run.results))),
+    }
+
+
+def regression_report_metadata(instance: dg.DagsterInstance, storage: StorageEngine, pins: PinSet, version,
+                               label: str) -> dict:
+    """Write the regression report of `version`'s latest pin run (the latest copy for people, this run's for the
+    sensor) and return `regression_report`'s metadata."""
+    home = storage.base()
+    done = runs(home, version.digest)
+    if not done:
+        raise FileNotFoundError(f"no pin run for {version.key}: materialise pin_results[{version.key}] first")
+    run_dir, _ = done[-1]
+    report = regression_report_for(run_dir, pins)
+    champion = read_champion(home)
+    storage.put_json(f"reports/{version.key}/regression_report.json", report)  # the latest, for people
+    path = storage.put_json(f"reports/{version.key}/{run_dir.name}.json", report)  # this run's, for the sensor
+    table = pl.DataFrame(report["regressed"]) if report["regressed"] else None
+    landed = instance.fetch_materializations(dg.AssetKey("replayed_auctions"), limit=1).records
+    detect = {"time_to_detect_s": round(time.time() - landed[0].timestamp, 1)} if landed and report["regressed"] else {}
+    is_champion = champion is not None and champion.model_version == version.digest
+    return {**(detect if is_champion else {}), "label": label,
+            "regressed": len(report["regressed"]), "failed": len(report["failed"]),
+            "pins": ", ".join(p["pin"] for p in report["regressed"]) or "none",
+            "is_champion": is_champion, "path": dg.MetadataValue.path(str(path)),
+            "report": dg.MetadataValue.md(_report_markdown(table))}
 
 
 def build_model_defs(pins: PinSet, deps: list) -> dg.Definitions:
@@ -156,57 +247,33 @@ def build_model_defs(pins: PinSet, deps: list) -> dg.Definitions:
         deps=[*deps, base_model],
         kinds={"polars", "parquet"},
         op_tags=gpu_step_tags(),  # inference (vLLM on a GPU node when scaled out)
-        check_specs=[dg.AssetCheckSpec(p.check_name, asset="pin_results", description=f"pin {p.name!r}: {p.describe()}; "
-                                       f"accuracy >= {p.accuracy_floor}, p99 <= {p.latency_p99_ms} ms, "
-                                       f"drop within {p.max_drop} (Holm-adjusted paired test and bound; a warning "
-                                       "when inconclusive)") for p in pins.pins],
+        check_specs=[dg.AssetCheckSpec(EVERY_PIN_HOLDS, asset="pin_results",
+                                       description="Every pin of this version holds (inconclusive ones aside); lists "
+                                                   "the failing pins first with their reasons"),
+                     *(dg.AssetCheckSpec(p.check_name, asset="pin_results",
+                                         description=f"pin {p.name!r}: {p.describe()}; "
+                                         f"accuracy >= {p.accuracy_floor}, p99 <= {p.latency_p99_ms} ms, "
+                                         f"drop within {p.max_drop} (Holm-adjusted paired test and bound; a warning "
+                                         "when inconclusive)") for p in pins.pins)],
     )
     def pin_results(context: dg.AssetExecutionContext, inference: InferenceSettings, storage: StorageEngine):
         """Every replayed auction decided by this model version; per-pin metrics and the paired test."""
-        version = Registry(storage.base()).get(context.partition_key)
+        home = storage.base()
+        version = Registry(home).get(context.partition_key)
         run, run_dir, reference_name = pin_version(storage, inference, pins, version)
         context.log.info(f"pinned {version.key} against {reference_name}: composite {run.composite:.4f}")
         yield dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": run.predictions.height,
-                "composite": run.composite, "passed": run.passed,
-                "failed": ", ".join(run.summary()["failed"]) or "none",
-                "inconclusive": ", ".join(r.pin for r in run.results if r.inconclusive) or "none",
-                "regressed": ", ".join(run.summary()["regressed"]) or "none",
-                "reference": reference_name, "policy_digest": run.policy_digest, "scenarios_digest": run.scenarios_digest,
-                "model_version": version.digest, "kind": version.kind,
-                "run_dir": dg.MetadataValue.path(str(run_dir)),
-                "pins": dg.MetadataValue.md(markdown_table(run.results)),
-            },
-        )
-        for r in run.results:
-            yield _check_result(r)
+            metadata=pin_results_metadata(run, version, run_dir, reference_name, version_label(home, version)))
+        for check in pin_checks(run.results, version.key):
+            yield dg.AssetCheckResult(asset_key="pin_results", **check)
 
     @dg.asset(group_name=GROUP, partitions_def=model_versions, deps=[pin_results], kinds={"json"})
     def regression_report(context: dg.AssetExecutionContext, storage: StorageEngine) -> dg.MaterializeResult:
         """Which pins of this version regressed, by how much, with p-values and failing rows: the repair chain's input."""
         home = storage.base()
         version = Registry(home).get(context.partition_key)
-        done = runs(home, version.digest)
-        if not done:
-            raise FileNotFoundError(f"no pin run for {version.key}: materialise pin_results[{version.key}] first")
-        run_dir, _ = done[-1]
-        report = regression_report_for(run_dir, pins)
-        champion = read_champion(home)
-        storage.put_json(f"reports/{version.key}/regression_report.json", report)  # the latest, for people
-        path = storage.put_json(f"reports/{version.key}/{run_dir.name}.json", report)  # this run's, for the sensor
-        table = pl.DataFrame(report["regressed"]) if report["regressed"] else None
-        landed = context.instance.fetch_materializations(dg.AssetKey("replayed_auctions"), limit=1).records
-        detect = {"time_to_detect_s": round(time.time() - landed[0].timestamp, 1)} if landed and report["regressed"] else {}
-        return dg.MaterializeResult(
-            metadata={**detect,
-                "regressed": len(report["regressed"]), "failed": len(report["failed"]),
-                "pins": ", ".join(p["pin"] for p in report["regressed"]) or "none",
-                "is_champion": champion is not None and champion.model_version == version.digest,
-                "path": dg.MetadataValue.path(str(path)),
-                "report": dg.MetadataValue.md(_report_markdown(table)),
-            },
-        )
+        return dg.MaterializeResult(metadata=regression_report_metadata(context.instance, storage, pins, version,
+                                                                        version_label(home, version)))
 
     pin_job = dg.define_asset_job("pin_model_version_job", selection=[pin_results, regression_report],
                                   description="Pin one model version (a partition) and write its regression report")

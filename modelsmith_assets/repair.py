@@ -20,13 +20,15 @@ from modelsmith.delta import benchmark_delta_for, blocking_pins, verdict_sentenc
 from modelsmith.review import build_review, review_markdown
 from modelsmith.diagnosis import diagnosis_from_dict
 from modelsmith.evaluate import markdown_table
+from modelsmith.labels import cycle_label, version_label
 from modelsmith.model_card import adapter_card, write_card
 from modelsmith.model_dir import Registry, directory_digest, file_sha256
 from modelsmith.pins import PinSet
 from modelsmith.synthesis import anchor_to_champion, check_disjoint, synthesis_seed, synthesise
 from modelsmith.traces import ATTR_PREFIX, failure_traces
 from modelsmith_assets.executors import gpu_step_tags
-from modelsmith_assets.model import engine_for, labelled_auctions, pin_version
+from modelsmith_assets.model import (engine_for, failing_first, labelled_auctions, pin_results_metadata, pin_version,
+                                     regression_report_metadata)
 from resources.critic import CriticSettings
 from resources.inference import InferenceSettings
 from resources.signer import SignerSettings
@@ -72,6 +74,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
                              "mean_attribution": [float(failing[c].mean() or 0.0) for c in failing.columns
                                                   if c.startswith(ATTR_PREFIX)]}).sort("mean_attribution", descending=True)
         return dg.MaterializeResult(metadata={
+            "cycle_label": cycle_label(cycle),
             "dagster/row_count": traces.height, "failing_rows": failing.height,
             "contrast_rows": traces.height - failing.height, "pins": ", ".join(cycle["regressed"]),
             "model_version": version.digest, "path": dg.MetadataValue.path(str(path)),
@@ -95,6 +98,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         features = pl.DataFrame([{"feature": f.feature, "values": ", ".join(f.values), "error_lift": f.error_lift,
                                   "attribution": f.attribution} for f in result.features])
         return dg.MaterializeResult(metadata={
+            "cycle_label": cycle_label(cycle),
             "hypothesis": result.hypothesis, "segments": ", ".join(result.segments), "confidence": result.confidence,
             "critic": result.provenance.critic, "critic_model": result.provenance.model,
             "fallback": result.provenance.fallback or "none", "recipe": " then ".join(result.recipe.stages),
@@ -139,6 +143,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         write_lineage(out, rows.to_dicts(), lineage)
         counts = rows.group_by("source").len()
         yield dg.MaterializeResult(metadata={
+            "cycle_label": cycle_label(read_cycle(home, key)),
             "dagster/row_count": rows.height, "target_rows": int((rows["source"] == "target").sum()),
             "replay_rows": int((rows["source"] == "replay").sum()),
             "contrast_rows": int((rows["source"] == "contrast").sum()),
@@ -203,6 +208,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
                                                          "model_signature": signature.as_json()})
         history = pl.DataFrame(summary["history"])
         return dg.MaterializeResult(metadata={
+            "cycle_label": cycle_label(cycle),
             "model_version": version.digest, "partition_key": version.key, "base": base.digest,
             "stages_run": ", ".join(summary["stages"]), "stages_requested": ", ".join(summary["requested_stages"]),
             "grpo": json.dumps(summary["grpo"]) if summary["grpo"] else "not requested",
@@ -220,17 +226,33 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
               op_tags=gpu_step_tags())
     def candidate_pins(context: dg.AssetExecutionContext, storage: StorageEngine,
                        inference: InferenceSettings) -> dg.MaterializeResult:
-        """The candidate (base + adapter) pinned on every segment, paired against the champion on the same rows."""
-        key = context.partition_key
-        version = Registry(storage.base()).get(storage.get_json(f"cycles/{key}/adapter.json")["model_version"])
+        """The candidate (base + adapter) pinned on every segment, paired against the champion on the same rows.
+
+        This pin run is also the adapter version's `pin_results` (and `regression_report`) partition, recorded
+        here with a pin job's metadata, so no `model_versions` partition stays Missing. Not its checks: the
+        `pin_*` checks are not partitioned, so the UI shows their latest result, which stays the champion's
+        (the candidate's pins are judged in `benchmark_delta` and `candidate_offered`).
+        """
+        home, key = storage.base(), context.partition_key
+        version = Registry(home).get(storage.get_json(f"cycles/{key}/adapter.json")["model_version"])
         run, run_dir, reference_name = pin_version(storage, inference, pins, version)
         storage.put_json(f"cycles/{key}/candidate_pins.json", {"run_dir": str(run_dir), "pins_digest": pins.digest,
                                                                 **run.summary()})
+        label = version_label(home, version)
+        by = {"pinned_by": f"candidate_pins[{key}]"}
+        context.log_event(dg.AssetMaterialization(
+            "pin_results", partition=version.key,
+            metadata={**pin_results_metadata(run, version, run_dir, reference_name, label), **by}))
+        context.log_event(dg.AssetMaterialization("regression_report", partition=version.key, metadata={
+            **regression_report_metadata(context.instance, storage, pins, version, label), **by}))
         return dg.MaterializeResult(metadata={
+            "cycle_label": cycle_label(read_cycle(home, key)), "model_version": version.digest,
+            "partition_key": version.key, "label": label,
             "composite": run.composite, "passed": run.passed, "reference": reference_name,
             "failed": ", ".join(run.summary()["failed"]) or "none",
             "regressed": ", ".join(run.summary()["regressed"]) or "none",
-            "run_dir": dg.MetadataValue.path(str(run_dir)), "pins": dg.MetadataValue.md(markdown_table(run.results)),
+            "run_dir": dg.MetadataValue.path(str(run_dir)),
+            "pins": dg.MetadataValue.md(markdown_table(failing_first(run.results))),
         })
 
     @dg.asset(group_name=GROUP, partitions_def=repair_cycles, deps=[candidate_pins], kinds={"json"})
@@ -250,6 +272,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         shown = frame.select("pin", "rows", "before", "after", "delta", "p_adjusted", "p99_before_ms", "p99_after_ms",
                              "status", "notes")
         return dg.MaterializeResult(metadata={
+            "cycle_label": cycle_label(cycle),
             "offer_for_promotion": delta["offer_for_promotion"], "repaired": ", ".join(delta["repaired"]) or "none",
             "not_repaired": ", ".join(delta["not_repaired"]) or "none",
             "flagged": ", ".join(delta["flagged"]) or "none",
@@ -288,6 +311,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         review = build_review(home, read_cycle(home, key), delta, storage.get_json(f"cycles/{key}/diagnosis.json"),
                               storage.get_json(f"cycles/{key}/adapter.json"), run_ids)
         yield dg.MaterializeResult(metadata={
+            "cycle_label": cycle_label(read_cycle(home, key)),
             "summary": dg.MetadataValue.md(review_markdown(review, info.digest)),
             "verdict": verdict, "bundle_digest": info.digest, "candidate": delta["candidate"],
             "cycle_time_s": round(cycle_time, 1),

@@ -12,22 +12,27 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from modelsmith.cycles import CYCLES, cycle_dir, open_cycle
+from modelsmith.cycles import CYCLES, cycle_dir, open_cycle, read_cycle
 from modelsmith.delta import verdict_sentence
 from modelsmith.evidence import cycle_bundle_dirs
-from modelsmith.model_dir import Registry, file_sha256, short
 from modelsmith.champion import read_champion
+from modelsmith.labels import cycle_label, version_label
+from modelsmith.model_dir import Registry, file_sha256, short
 
-TRIGGER = {"modelsmith/trigger": "modelsmith loop"}
+# Every run of the loop is labelled as automation. `modelsmith/trigger` is what the sensors' runs carry
+# too (autonomy_rate counts on it); `user` is the one tag the UI's "Launched by" column shows as written
+# (Dagster 1.13's CreatedByTag: `user`, else a schedule or sensor name, else "Manually launched"), so
+# the runs list says "modelsmith loop" there instead of a person's manual launch.
+TRIGGER = {"modelsmith/trigger": "modelsmith loop", "user": "modelsmith loop"}
 
 
 class LoopError(RuntimeError):
     """A job of the loop failed; the message names it (its log is above)."""
 
 
-def _execute(defs, instance, job: str, **kwargs):
-    result = defs.resolve_job_def(job).execute_in_process(instance=instance, raise_on_error=False, tags=TRIGGER,
-                                                          **kwargs)
+def _execute(defs, instance, job: str, tags: dict | None = None, **kwargs):
+    result = defs.resolve_job_def(job).execute_in_process(instance=instance, raise_on_error=False,
+                                                          tags={**TRIGGER, **(tags or {})}, **kwargs)
     if not result.success:
         raise LoopError(f"{job} failed; see the log above")
     return result
@@ -44,7 +49,8 @@ def run_pass(defs, instance, home: Path, replay_dir: str | None, log: Callable[[
     champion = read_champion(home)
     key = short(champion.model_version)
     log(f"pins: the champion {key} on every pin")
-    _execute(defs, instance, "pin_model_version_job", partition_key=key)
+    _execute(defs, instance, "pin_model_version_job", partition_key=key,
+             tags={"modelsmith/model_name": version_label(home, Registry(home).get(champion.model_version))})
     report = json.loads((home / "reports" / key / "regression_report.json").read_text())
     detected = time.monotonic()
     summary = {"policy_digest": report["policy_digest"], "champion": champion.model_version,
@@ -58,7 +64,8 @@ def run_pass(defs, instance, home: Path, replay_dir: str | None, log: Callable[[
     instance.add_dynamic_partitions(CYCLES, [cycle])
     log(f"repair: cycle {cycle} for {', '.join(summary['regressed'])} (traces, diagnosis, data, adapter, pins, bundle)")
     result = defs.resolve_job_def("repair_cycle_job").execute_in_process(
-        instance=instance, partition_key=cycle, raise_on_error=False, tags=TRIGGER)
+        instance=instance, partition_key=cycle, raise_on_error=False,
+        tags={**TRIGGER, "modelsmith/cycle": cycle, "modelsmith/cycle_label": cycle_label(read_cycle(home, cycle))})
     summary |= {"cycle": cycle, "cycle_success": result.success or refused_by_its_gate_check(result),
                 "cycle_time_s": round(time.monotonic() - detected, 1)}
     return summary | cycle_outcome(home, cycle)

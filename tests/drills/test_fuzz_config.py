@@ -231,9 +231,9 @@ def jobs():
     def probe(context) -> None:  # reached only when every resource initialised
         context.log.info("resources initialised")
 
-    defs = dg.Definitions.merge(gate_defs(), dg.Definitions(
-        assets=[probe], jobs=[dg.define_asset_job("probe_job", selection=[probe])],
-        resources={key: cls() for key, cls in classes.items()}))
+    resources = {key: cls() for key, cls in classes.items()}
+    defs = dg.Definitions.merge(gate_defs(resources), dg.Definitions(
+        assets=[probe], jobs=[dg.define_asset_job("probe_job", selection=[probe])], resources=resources))
     return {"promotion": defs.resolve_job_def("promotion_job"), "probe": defs.resolve_job_def("probe_job")}
 
 

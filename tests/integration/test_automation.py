@@ -71,6 +71,7 @@ def test_new_scenarios_build_the_base_then_repin_the_champion_and_a_regression_o
     repin = _tick(defs, "champion_repin_sensor", instance, resources, boot.cursor)
     key = short(read_champion(home).model_version)
     assert [(r.job_name, r.partition_key) for r in repin.run_requests] == [("pin_model_version_job", key)]
+    assert repin.run_requests[0].tags["modelsmith/model_name"].startswith("base model ")  # a name beside the key
     assert not _tick(defs, "champion_repin_sensor", instance, resources, repin.cursor).run_requests
 
     _run(defs, "pin_model_version_job", instance, resources, partition_key=key)
@@ -91,6 +92,7 @@ def test_new_scenarios_build_the_base_then_repin_the_champion_and_a_regression_o
     opened = _tick(defs, "pin_regression_sensor", instance, resources, quiet.cursor)
     (request,) = opened.run_requests
     assert request.job_name == "repair_cycle_job" and request.run_key == f"cycle-{request.partition_key}"
+    assert request.tags["modelsmith/cycle_label"] == f"repair Video Gaming/app of {key}"
     assert request.partition_key in instance.get_dynamic_partitions("repair_cycles")
     assert (home / "cycles" / request.partition_key / "cycle.json").exists()
     assert not _tick(defs, "pin_regression_sensor", instance, resources, opened.cursor).run_requests  # once

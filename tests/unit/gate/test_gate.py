@@ -104,7 +104,7 @@ def test_a_refused_promotion_run_fails_with_the_reason_and_is_audited(gate, monk
     digest = _bundle(home, signer, "c6", adapter.digest, base.digest, offered=False)
     monkeypatch.setenv("MODELSMITH_HOME", str(home))
     resources = {"storage": LocalStorage(root=str(home)), "signer": SignerSettings(key_dir=str(home / "keys"))}
-    job = dg.Definitions.merge(gate_defs(), dg.Definitions(resources=resources)).resolve_job_def("promotion_job")
+    job = gate_defs(resources).resolve_job_def("promotion_job")
     assert job.run_config["ops"]["promotion"]["config"] == {  # the Launchpad: this bundle, and reject by default
         "approver": "", "decision": "reject", "bundle_digest": digest, "note": "", "rollback_to": "", "signature": ""}
     result = job.execute_in_process(raise_on_error=False, run_config={"ops": {"promotion": {
@@ -133,7 +133,7 @@ def test_the_champion_asset_follows_each_decision_downstream_of_the_bundle(gate,
     assert champion.dependency_keys == {dg.AssetKey("promotion")}
     resources = {"storage": LocalStorage(root=str(home)), "signer": SignerSettings(key_dir=str(home / "keys"))}
     instance = dg.DagsterInstance.ephemeral()
-    job = dg.Definitions.merge(gate_defs(), dg.Definitions(resources=resources)).resolve_job_def("promotion_job")
+    job = gate_defs(resources).resolve_job_def("promotion_job")
     result = job.execute_in_process(instance=instance, run_config={"ops": {"promotion": {"config": {
         "approver": "ana", "decision": "approve", "bundle_digest": digest}}}})
     (moved,) = result.asset_materializations_for_node("champion")
@@ -143,3 +143,22 @@ def test_the_champion_asset_follows_each_decision_downstream_of_the_bundle(gate,
     refused = job.execute_in_process(instance=instance, raise_on_error=False, run_config={"ops": {"promotion": {
         "config": {"approver": "bo", "decision": "approve", "bundle_digest": digest}}}})
     assert not refused.success and refused.asset_materializations_for_node("champion") == []  # nothing moved
+
+
+def test_the_promotion_launchpad_asks_only_what_a_decision_needs(gate, monkeypatch):
+    """Dagster gives an asset job every resource of the code location; the gate's job keeps storage and signer."""
+    import dagster as dg
+
+    from modelsmith_assets.definitions import build_definitions
+
+    home, *_ = gate
+    monkeypatch.setenv("MODELSMITH_HOME", str(home))
+    defs = build_definitions("embedded")
+    schema = defs.resolve_job_def("promotion_job").run_config_schema.config_type
+    assert set(schema.fields["resources"].config_type.fields) == {"storage", "signer", "io_manager"}
+    assert set(schema.fields["ops"].config_type.fields) == {"promotion", "champion"}
+    assert set(schema.fields["ops"].config_type.fields["promotion"].config_type.fields["config"].config_type.fields) == {
+        "approver", "decision", "bundle_digest", "note", "rollback_to", "signature"}
+    repin = defs.resolve_job_def("pin_model_version_job").run_config_schema.config_type  # others keep theirs
+    assert {"inference", "critic", "trainer", "model"} <= set(repin.fields["resources"].config_type.fields)
+    assert dg.Definitions.validate_loadable(defs) is None
