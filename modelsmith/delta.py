@@ -26,8 +26,12 @@ def benchmark_delta_for(before_run: str | Path, after_run: str | Path, targets: 
         if prev is None:
             continue
         target = a["pin"] in targets
+        reasons = a["reasons"]
         if target:
             status = "repaired" if a["passed"] and a["accuracy"] >= a["accuracy_floor"] else "not repaired"
+            if status == "not repaired" and not reasons:  # it passed without evidence against it, yet is under its floor
+                reasons = (f"accuracy {a['accuracy']:.4f} below floor {a['accuracy_floor']} (a repair is claimed on the "
+                           f"estimate; {a.get('notes') or 'no significant evidence either way'})")
         elif a["regressed"] or (prev["passed"] and not a["passed"]):
             status = "flagged"
         elif a.get("inconclusive"):
@@ -44,7 +48,7 @@ def benchmark_delta_for(before_run: str | Path, after_run: str | Path, targets: 
             "composite_before": prev["composite"], "composite_after": a["composite"],
             "p_adjusted": a.get("p_adjusted"), "drop_upper": a.get("drop_upper"),
             "min_detectable_drop": a.get("min_detectable_drop"),
-            "status": status, "reasons": a["reasons"], "notes": a.get("notes") or "",
+            "status": status, "reasons": reasons, "notes": a.get("notes") or "",
         })
     by = {s: [r["pin"] for r in rows if r["status"] == s]
           for s in ("repaired", "not repaired", "flagged", "inconclusive")}

@@ -136,6 +136,27 @@ def test_a_regressed_pin_is_flagged_even_when_it_passes(engine, labelled, home, 
     assert verdict_sentence(delta).startswith("not offered: flagged: sports (")
 
 
+def test_a_target_under_its_floor_without_evidence_is_not_repaired_and_says_why(engine, labelled, home, before_run,
+                                                                                tmp_path):
+    """A target that passes (no significant evidence it is below the floor) but whose estimate is under the floor."""
+    pins = _pins({"gaming": 0.0, "site": 1.0, "app": 0.0, "sports": 0.0, "all": 1.0})
+    after_run, _ = _after(engine, labelled, home, pins)
+    unproven = tmp_path / "unproven-run"
+    shutil.copytree(after_run, unproven)
+    metrics = pl.read_parquet(unproven / "metrics.parquet")
+    site = pl.col("pin") == "site"
+    metrics = metrics.with_columns(pl.when(site).then(True).otherwise(pl.col("passed")).alias("passed"),
+                                   pl.when(site).then(pl.lit("")).otherwise(pl.col("reasons")).alias("reasons"))
+    metrics.write_parquet(unproven / "metrics.parquet")
+    accuracy = metrics.filter(site)["accuracy"].item()
+    assert accuracy < 1.0
+    delta = benchmark_delta_for(before_run, unproven, ["gaming", "site"])
+    (row,) = [p for p in delta["pins"] if p["pin"] == "site"]
+    assert row["status"] == "not repaired" and delta["offer_for_promotion"] is False
+    assert row["reasons"].startswith(f"accuracy {accuracy:.4f} below floor 1.0 (a repair is claimed on the estimate")
+    assert "no reason recorded" not in verdict_sentence(delta) and row["reasons"] in verdict_sentence(delta)
+
+
 def test_a_pin_the_champion_was_not_run_on_is_left_out(engine, labelled, home, before_run):
     pins = _pins({"gaming": 0.0, "site": 0.0, "app": 0.0, "sports": 0.0, "all": 1.0},
                  extra="  - {name: rewarded, where: {rewarded: true}, accuracy_floor: 1.0}\n")
