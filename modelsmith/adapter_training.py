@@ -58,7 +58,7 @@ class SftSettings:
     # runs, since the lower learning rates of later epochs are what bring the collateral back.
     # The kept epoch's weights do not depend on it (the schedule is fixed by `epochs`); only a better
     # epoch later than that would be missed.
-    patience: int | None = 2
+    patience: int | None = 3
 
     def __post_init__(self) -> None:
         check_range(self, "learning_rate", 0.0, 1.0, lo_open=True)

@@ -20,7 +20,7 @@ class TrainerSettings(dg.ConfigurableResource):
     epochs: int = Field(10, ge=1, le=1_000, description="SFT epochs; the best epoch on the held-out slice is kept")
     batch_size: int = Field(32, ge=1, le=65_536, description="SFT batch size")
     seed: int = Field(0, ge=0, lt=2**32, description="Training seed")
-    patience: int = Field(2, ge=0, le=1_000, description="Stop after this many epochs without a better held-out "
+    patience: int = Field(3, ge=0, le=1_000, description="Stop after this many epochs without a better held-out "
                                                         "score (0: train every epoch)")
     heldout_fraction: float = Field(0.1, gt=0, lt=1,
                                     description="Share of the synthetic rows held out for early stopping")
