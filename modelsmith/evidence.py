@@ -154,7 +154,8 @@ def _svg(fig) -> str:
     return buf.getvalue()[buf.getvalue().index("<svg"):]
 
 
-def _plots(delta: dict, history: pl.DataFrame) -> list[tuple[str, str]]:
+def report_plots(delta: dict, history: pl.DataFrame) -> list[tuple[str, str]]:
+    """(title, SVG) of the report's three plots: accuracy per pin, latency, the targets' pin history."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,7 +204,7 @@ def _plots(delta: dict, history: pl.DataFrame) -> list[tuple[str, str]]:
             (f"Pin history of {target}: every run of every version", trend)]
 
 
-def report_html(delta: dict, diagnosis: dict, history: pl.DataFrame, integrity_record: dict, review) -> str:
+def report_html(delta: dict, diagnosis: dict, plots: list[tuple[str, str]], integrity_record: dict, review) -> str:
     from modelsmith.review import review_html
 
     verdict = "OFFERED FOR PROMOTION" if delta["offer_for_promotion"] else "NOT OFFERED"
@@ -215,7 +216,7 @@ def report_html(delta: dict, diagnosis: dict, history: pl.DataFrame, integrity_r
         f"<td>{p['p99_after_ms']:.1f}</td><td>{esc(p['status'])}</td><td>{esc(_why(p))}</td></tr>"
         for p in sorted(delta["pins"], key=lambda p: p["delta"]))
     inconclusive = delta.get("inconclusive", [])
-    plots = "".join(f"<h2>{esc(title)}</h2><figure>{svg}</figure>" for title, svg in _plots(delta, history))
+    plots = "".join(f"<h2>{esc(title)}</h2><figure>{svg}</figure>" for title, svg in plots)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Modelsmith evidence: cycle {esc(diagnosis['cycle'])}</title>
 <style>body{{font-family:sans-serif;max-width:60rem;margin:2rem auto}}table{{border-collapse:collapse;font-size:.85rem}}
@@ -315,7 +316,10 @@ def next_bundle_dir(home: Path, cycle_key: str) -> Path:
 
 
 def assemble(home: Path, cycle_key: str, run_ids: dict[str, str], started: str, signer):
-    """Write and sign the bundle of one cycle under HOME/bundles/<cycle>/ (a re-run: the next attempt)."""
+    """Write and sign the bundle of one cycle under HOME/bundles/<cycle>/ (a re-run: the next attempt).
+
+    Returns (the written bundle, the report's plots as (title, SVG)): the UI shows the same plots.
+    """
     from modelsmith.attest import write_bundle, write_tar
     from modelsmith.cycles import cycle_dir, read_cycle
     from modelsmith.pin_runs import history
@@ -333,6 +337,7 @@ def assemble(home: Path, cycle_key: str, run_ids: dict[str, str], started: str, 
     record = integrity(home, cycle, adapter, run_ids, started)
     hist = history(home)
     hist = hist.filter(pl.col("pin").is_in(delta["targets"])) if hist.height else hist
+    plots = report_plots(delta, hist)
     files = {
         "failure_trace.parquet": cdir / "failure_traces.parquet",
         "diagnosis.json": json.dumps(diagnosis, indent=2, sort_keys=True).encode(),
@@ -341,7 +346,7 @@ def assemble(home: Path, cycle_key: str, run_ids: dict[str, str], started: str, 
         "benchmark_delta.parquet": cdir / "benchmark_delta.parquet",
         "benchmark_delta.md": delta_markdown(delta).encode(),
         "integrity.json": json.dumps(record, indent=2, sort_keys=True).encode(),
-        "report.html": report_html(delta, diagnosis, hist, record,
+        "report.html": report_html(delta, diagnosis, plots, record,
                                    build_review(home, cycle, delta, diagnosis, adapter, run_ids)).encode(),
     }
     if adapter.get("model_signature"):
@@ -355,4 +360,5 @@ def assemble(home: Path, cycle_key: str, run_ids: dict[str, str], started: str, 
     for done in cycle_bundle_dirs(home, cycle_key):  # a writer killed after publishing a directory, before its tar
         if not done.with_name(done.name + ".tar").exists():
             write_tar(done, done.with_name(done.name + ".tar"))
-    return write_bundle(next_bundle_dir(home, cycle_key), files, Path(adapter["path"]), attestations, summary, signer)
+    return write_bundle(next_bundle_dir(home, cycle_key), files, Path(adapter["path"]), attestations, summary,
+                        signer), plots

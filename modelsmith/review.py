@@ -6,10 +6,12 @@ words, and the digest to approve. Rendered twice from the same `Review`: into th
 (HTML) and as the `evidence_bundle` asset's markdown summary, which the Dagster UI shows in place.
 """
 
+import base64
 import difflib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,8 +118,12 @@ APPROVE = ("The digest to approve is the SHA-256 of `bundle.dsse.json` beside th
            "`evidence_bundle` asset, and the Launchpad's default.")
 
 
-def review_markdown(review: Review, bundle_digest: str = "") -> str:
-    """The reviewer's summary as markdown: the `evidence_bundle` asset's `summary` in the Dagster UI."""
+def review_markdown(review: Review, bundle_digest: str = "", plots: Sequence[tuple[str, str]] = ()) -> str:
+    """The reviewer's summary as markdown: the `evidence_bundle` asset's `summary` in the Dagster UI.
+
+    `plots` ((title, SVG), the report's) are embedded as data-URI images: the UI's markdown view renders them,
+    so the report's plots open in the UI with no server beside it.
+    """
     lines = [f"**Verdict:** {review.verdict}", "",
              f"**Candidate** `{short(review.candidate)}` against champion `{short(review.champion)}`"
              + (f"; approve bundle `{bundle_digest}`" if bundle_digest else ""), "",
@@ -131,6 +137,9 @@ def review_markdown(review: Review, bundle_digest: str = "") -> str:
               "", f"**Adapter:** {json.dumps(review.adapter, default=str)}", "", f"**Latency:** {review.latency_note}"]
     if review.runs:
         lines += ["", "**Runs:** " + ", ".join(f"[{asset}]({url})" for asset, url in review.runs.items())]
+    for n, (title, svg) in enumerate(plots, start=1):
+        data = base64.b64encode(svg.encode()).decode()
+        lines += ["", f"**Plot {n}: {title}**", "", f"![plot {n}](data:image/svg+xml;base64,{data})"]
     return "\n".join(lines) + "\n"
 
 

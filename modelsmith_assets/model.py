@@ -12,7 +12,7 @@ import dagster as dg
 import polars as pl
 
 from modelsmith.base_model import build_default
-from modelsmith.evaluate import PinResult, markdown_table
+from modelsmith.evaluate import PinResult, markdown_table, status_text
 from modelsmith.audit import bootstrap_champion
 from modelsmith.champion import read_champion
 from modelsmith.labels import version_label
@@ -165,8 +165,10 @@ def _pin_check(r: PinResult) -> dict:
         meta["reasons"] = r.reasons
     if r.notes:
         meta["notes"] = r.notes
-    # An inconclusive pin is a warning in the UI: it did not fail, and it cannot vouch either.
+    # An inconclusive pin is a warning in the UI: it did not fail, and it cannot vouch either. The UI labels
+    # both "Failed" (by icon only they differ), so the description says which, and why.
     return {"check_name": r.check_name, "passed": r.status == "ok", "metadata": meta,
+            "description": status_text(r)[:1000],
             "severity": dg.AssetCheckSeverity.WARN if r.status == "inconclusive" else dg.AssetCheckSeverity.ERROR}
 
 

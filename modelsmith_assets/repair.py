@@ -27,8 +27,8 @@ from modelsmith.pins import PinSet
 from modelsmith.synthesis import anchor_to_champion, check_disjoint, synthesis_seed, synthesise
 from modelsmith.traces import ATTR_PREFIX, failure_traces
 from modelsmith_assets.executors import gpu_step_tags
-from modelsmith_assets.model import (engine_for, failing_first, labelled_auctions, pin_results_metadata, pin_version,
-                                     regression_report_metadata)
+from modelsmith_assets.model import (engine_for, failing_first, labelled_auctions, pin_checks, pin_results_metadata,
+                                     pin_version, regression_report_metadata)
 from resources.critic import CriticSettings
 from resources.inference import InferenceSettings
 from resources.signer import SignerSettings
@@ -229,9 +229,9 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         """The candidate (base + adapter) pinned on every segment, paired against the champion on the same rows.
 
         This pin run is also the adapter version's `pin_results` (and `regression_report`) partition, recorded
-        here with a pin job's metadata, so no `model_versions` partition stays Missing. Not its checks: the
-        `pin_*` checks are not partitioned, so the UI shows their latest result, which stays the champion's
-        (the candidate's pins are judged in `benchmark_delta` and `candidate_offered`).
+        here with a pin job's metadata, so no `model_versions` partition stays Missing, and with its checks: the
+        `pin_*` checks are not partitioned and the UI shows the checks of the latest materialisation, which
+        is this one (each names its partition; without them every check read "Not Evaluated").
         """
         home, key = storage.base(), context.partition_key
         version = Registry(home).get(storage.get_json(f"cycles/{key}/adapter.json")["model_version"])
@@ -243,6 +243,9 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         context.log_event(dg.AssetMaterialization(
             "pin_results", partition=version.key,
             metadata={**pin_results_metadata(run, version, run_dir, reference_name, label), **by}))
+        for check in pin_checks(run.results, version.key):  # in this run: the UI counts them as the latest's
+            context.log_event(dg.AssetCheckEvaluation(asset_key=dg.AssetKey("pin_results"), partition=version.key,
+                                                      **check))
         context.log_event(dg.AssetMaterialization("regression_report", partition=version.key, metadata={
             **regression_report_metadata(context.instance, storage, pins, version, label), **by}))
         return dg.MaterializeResult(metadata={
@@ -301,7 +304,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
             run_ids[name] = records[0].run_id if records else ""
         run_ids["evidence_bundle"] = context.run.run_id
         started = read_cycle(home, key)["opened"]
-        info = assemble(home, key, run_ids, started, signer.signer())
+        info, plots = assemble(home, key, run_ids, started, signer.signer())
         from datetime import UTC, datetime
 
         cycle_time = (datetime.now(UTC) - datetime.fromisoformat(started)).total_seconds()
@@ -312,7 +315,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
                               storage.get_json(f"cycles/{key}/adapter.json"), run_ids)
         yield dg.MaterializeResult(metadata={
             "cycle_label": cycle_label(read_cycle(home, key)),
-            "summary": dg.MetadataValue.md(review_markdown(review, info.digest)),
+            "summary": dg.MetadataValue.md(review_markdown(review, info.digest, plots)),
             "verdict": verdict, "bundle_digest": info.digest, "candidate": delta["candidate"],
             "cycle_time_s": round(cycle_time, 1),
             "report": dg.MetadataValue.path(str(info.path / "report.html")),

@@ -10,7 +10,8 @@ secret scanner, and the secrets drill's loop driver.
 - `scan`: every file under a directory (and every tar member, gzip stream, SQLite cell, zlib blob
   in a cell, and Parquet value and metadata) searched for secret byte strings.
 - `python -m tests.drills.load_support secrets-loop`: the default story (v1, then v2, a repair cycle,
-  the gate) with the production resources, in a process of its own; see tests/drills/test_secrets.py.
+  the gate) with the production resources (a two-epoch trainer), in a process of its own; see
+  tests/drills/test_secrets.py.
 """
 
 import base64
@@ -271,16 +272,20 @@ def secrets_loop() -> None:
     from modelsmith_assets.definitions import build_definitions
     from scenario_data.policy import POLICIES_DIR
 
+    from resources import TrainerSettings
+
     logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
     home = modelsmith_home()
+    # The drill is about where secrets go, not the recipe: two epochs train the adapter the same code path trains.
+    quick = {"trainer": TrainerSettings(epochs=2)}
     results = []
     with _instance(home) as instance:
         for path in (POLICIES_DIR / "v1.yaml", POLICIES_DIR / "v2.yaml"):
             _activate(path, home)
-            defs = build_definitions("production")
+            defs = build_definitions("production", resources=quick)
             results.append(run_pass(defs, instance, home, None, lambda m: print(m, file=sys.stderr, flush=True)))
         last = results[-1]
-        defs = build_definitions("production")  # as the UI reloads the code location: the Launchpad pre-fill
+        defs = build_definitions("production", resources=quick)  # as the UI reloads the code location: the Launchpad pre-fill
         decision = "approve" if last.get("verdict") == "ready for approval" else "reject"
         job = defs.resolve_job_def("promotion_job")
         decided = job.execute_in_process(instance=instance, raise_on_error=False, run_config={"ops": {"promotion": {

@@ -45,8 +45,9 @@ ANSWER = {"segments": [PIN], "hypothesis": "Rewarded above-the-fold slots in gam
                        {"feature": "position", "values": ["atf"], "error_lift": 2.5}],
           "confidence": 0.85, "recipe": {"stages": ["sft"]},
           "synthesis": {"filters": {"vertical": {"eq": "Video Gaming"}, "inventory_type": {"eq": "app"}},
-                        "rows": 1980, "replay_ratio": 1.5, "contrast_share": 0.3}}
-# The loop takes ~4 min on an idle 2-core machine; pytest's own limit is 1,200 s (raise both on a slow box).
+                        "rows": 400, "replay_ratio": 1.5, "contrast_share": 0.3}}
+# The loop (400 synthetic rows, two epochs: the drill tests where secrets go, not the recipe) takes ~2 min
+# on an idle 2-core machine; pytest's own limit is 1,200 s (raise both on a slow box).
 LOOP_TIMEOUT_S = int(os.environ.get("MODELSMITH_DRILL_LOOP_TIMEOUT", "1150"))
 
 

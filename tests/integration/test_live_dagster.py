@@ -23,7 +23,7 @@ import pytest
 
 from modelsmith_cli.headless import cycle_outcome
 from modelsmith.evidence import cycle_bundle_dirs
-from modelsmith.model_dir import file_sha256
+from modelsmith.model_dir import file_sha256, short
 from modelsmith.champion import read_champion
 from scenario_data.policy import POLICIES_DIR
 from tests.conftest import seed_default_base
@@ -206,10 +206,42 @@ def _open(page, live: Live, path: str, shot: str | None = None, expect: str | No
     return page.inner_text("body")
 
 
-def test_a_reviewer_decides_in_the_browser_and_only_an_approval_moves_the_champion(live: Live, page):
-    """Asset graph, the regressed pin, the pending bundle, the Launchpad, the run, the champion: in Chromium.
+def _launch(page, live: Live, *, approver: str, bundle_digest: str, decision: str, shot: str) -> dg.DagsterRun:
+    """Type a decision into the open Launchpad, launch it and wait for its run to end."""
+    import re
 
-    The cycle offered its candidate: the reviewer approves it and the champion changes.
+    page.locator(".CodeMirror").first.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.insert_text(f"ops:\n  promotion:\n    config:\n      approver: {approver}\n"
+                              f"      bundle_digest: {bundle_digest}\n      decision: {decision}\n"
+                              f"      note: reviewed in the browser\n      rollback_to: ''\n")
+    page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+    page.get_by_role("button", name="Launch Run").click()
+    page.wait_for_url(re.compile(r".*/runs/[0-9a-f-]+"), timeout=60_000)
+    run_id = page.url.rstrip("/").split("/runs/")[1].split("?")[0]
+    with live.instance() as instance:
+        (run,) = live.finished([instance.get_run_by_id(run_id)], timeout=300)
+    return run
+
+
+def _partitions(live: Live, name: str) -> list[str]:
+    with live.instance() as instance:
+        return instance.get_dynamic_partitions(name)
+
+
+def _keep(page, name: str) -> str:
+    """The page's text, kept beside its screenshot (what a failing assertion saw)."""
+    body = page.inner_text("body")
+    (ARTIFACTS / name).write_text(body)
+    return body
+
+
+def test_a_reviewer_decides_in_the_browser_and_only_an_approval_moves_the_champion(live: Live, page):
+    """Asset graph, the pins' checks and the regressed pin's history, the pending bundle and its blocking
+    `candidate_offered` check, the Launchpad, a refused approval, the approval's run, the champion: in Chromium.
+
+    The cycle offered its candidate: a refused attempt moves nothing and is in the audit log; the reviewer's
+    approval moves the champion. Screenshots (and the text each page showed) go to artifacts/ui/.
     """
     import re
 
@@ -220,33 +252,61 @@ def test_a_reviewer_decides_in_the_browser_and_only_an_approval_moves_the_champi
     assert pending(live.home) == digest  # offered
     body = _open(page, live, "/asset-groups", "01-asset-graph.png", expect="repair")
     assert all(group in body for group in ("scenarios", "model", "repair", "gate"))
-    body = _open(page, live, "/assets/pin_results?view=checks", "02-regressed-pin.png", expect="pin_video_gaming_app")
-    assert re.search(r"pin_video_gaming_app\s+pin_video_gaming_app\s+Failed", body), body[:3000]
-    assert not re.search(r"pin_video_gaming_site\s+pin_video_gaming_site\s+Failed", body)
-    body = _open(page, live, "/assets/evidence_bundle", "03-pending-bundle.png", expect="bundle_digest")
+    # The checks show the results that evaluated the latest materialisation: the candidate's pin run, its
+    # partition named. 60 checks in a virtualised list: the reviewer filters it, as the UI offers.
+    (cycle,) = _partitions(live, "repair_cycles")
+    candidate = short(json.loads((live.home / "cycles" / cycle / "benchmark_delta.json").read_text())["candidate"])
+    body = _open(page, live, "/assets/pin_results?view=checks", expect="every_pin_holds")
+    assert "Not Evaluated" not in body and re.search(rf"Passed[\s\S]*Partition\s+{candidate}", body), body[:3000]
+    page.get_by_placeholder("Filter checks").fill("pin_video_gaming")
+    page.get_by_text("pin_video_gaming_site").first.wait_for(timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "02-pin-checks.png"), full_page=True)
+    # The regressed pin's history, newest first: the candidate's result (too few rows to vouch: a warning that
+    # the UI also calls "Failed", so the description says which), then the champion's regression under v2.
+    _open(page, live, "/assets/pin_results?view=checks&checkDetail=pin_video_gaming_app", expect="Execution history")
+    page.get_by_text("Execution history").first.click()
+    page.get_by_text("regressed by").first.wait_for(timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "03-regressed-pin-history.png"), full_page=True)
+    body = _keep(page, "03-regressed-pin-history.txt")
+    assert re.search(r"(inconclusive|ok)\b[\s\S]*failed: [^\n]*regressed by", body), body[:3000]
+    body = _open(page, live, "/assets/evidence_bundle", "04-pending-bundle.png", expect="bundle_digest")
     assert digest in body and "offered for promotion" in body
+    # The report in the UI: the summary's markdown view shows what changed, the digest and the report's plots.
+    summary = page.locator("tr").filter(has=page.get_by_text("summary", exact=True))
+    summary.get_by_text("[Show Markdown]").first.click()
+    page.get_by_text("Plot 3:").first.wait_for(timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "04b-report-summary.png"), full_page=True)
+    body = _keep(page, "04b-report-summary.txt")
+    assert "What changed:" in body and "Failing rows (examples)" in body and digest in body
+    plots = page.eval_on_selector_all("img[alt^='plot']", "els => els.map(e => e.naturalWidth)")
+    assert len(plots) == 3 and all(width > 100 for width in plots), plots  # rendered, not broken images
+    page.get_by_role("button", name="Close").click()
+    body = _open(page, live, "/assets/evidence_bundle?view=checks&checkDetail=candidate_offered",
+                 "05-candidate-offered.png", expect="This is a blocking asset check")
+    assert re.search(r"Latest execution\s+offered for promotion: repaired Video Gaming/app[\s\S]*Passed", body), body[:3000]
+    assert digest in body
     # The Launchpad is pre-filled when the code location loads: reload it (the cycle ran after), as a user would.
     _open(page, live, "/asset-groups")
     page.get_by_role("button", name="Reload definitions").click()
     launchpad = f"/locations/{LOCATION}/jobs/promotion_job/playground"
     live.wait("the Launchpad pre-filled with the pending bundle",
               lambda: digest in _open(page, live, launchpad), timeout=120)
+    # A refused approval (a bundle that does not exist) is a decision too: one readable failure, in the audit log.
+    wrong = digest[:-4] + ("0000" if not digest.endswith("0000") else "1111")
+    refused = _launch(page, live, approver="ana", bundle_digest=wrong, decision="approve", shot="06-refused-launch.png")
+    assert refused.status == dg.DagsterRunStatus.FAILURE and read_champion(live.home).model_version == champion_before
+    body = _open(page, live, f"/runs/{refused.run_id}", "07-refused-run.png", expect="refused")
+    assert "refused: bundle_digest: no bundle in" in body and wrong in body, body[:3000]
+    audit = [json.loads(line) for line in (live.home / "audit.jsonl").read_text().splitlines()]
+    assert audit[-1]["action"] == "refused" and audit[-1]["bundle"] == wrong and audit[-1]["dagster_run_id"] == refused.run_id
+    _open(page, live, launchpad)
     decision = "approve"
-    editor = page.locator(".CodeMirror").first
-    editor.click()
-    page.keyboard.press("Control+A")
-    page.keyboard.insert_text(f"ops:\n  promotion:\n    config:\n      approver: ana\n      bundle_digest: {digest}\n"
-                              f"      decision: {decision}\n      note: reviewed in the browser\n      rollback_to: ''\n")
-    page.screenshot(path=str(ARTIFACTS / "04-launchpad.png"), full_page=True)
-    page.get_by_role("button", name="Launch Run").click()
-    page.wait_for_url(re.compile(r".*/runs/[0-9a-f-]+"), timeout=60_000)
-    run_id = page.url.rstrip("/").split("/runs/")[1].split("?")[0]
-    with live.instance() as instance:
-        (run,) = live.finished([instance.get_run_by_id(run_id)], timeout=300)
+    run = _launch(page, live, approver="ana", bundle_digest=digest, decision=decision, shot="08-launchpad.png")
     assert run.status == dg.DagsterRunStatus.SUCCESS and run.job_name == "promotion_job"
-    _open(page, live, f"/runs/{run_id}", "05-promotion-run.png", expect="RUN_SUCCESS")
+    run_id = run.run_id
+    _open(page, live, f"/runs/{run_id}", "09-promotion-run.png", expect="RUN_SUCCESS")
     champion = read_champion(live.home)
-    body = _open(page, live, "/assets/promotion", "06-champion.png", expect="champion_after")
+    body = _open(page, live, "/assets/promotion", "10-champion.png", expect="champion_after")
     assert decision in body and champion_before in body
     assert champion.model_version != champion_before and champion.by == "ana" and champion.model_version in body
     assert json.loads((live.home / "decisions" / f"{digest}.json").read_text())["decision"] == decision

@@ -3,8 +3,8 @@
 The loop's runs say who launched them (the runs list's "Launched by" column renders the `user` tag),
 the champion asset starts its history at the bootstrap, partitions carry a readable label beside the
 digest, `every_pin_holds` (listed before the `pin_*` checks) names the failing pins first, and a
-candidate's pin run fills the adapter's `pin_results` and `regression_report` partitions (the checks'
-latest results stay the champion's).
+candidate's pin run fills the adapter's `pin_results` and `regression_report` partitions and its checks
+(the latest materialisation's, which the UI shows, each naming its partition).
 """
 
 import json
@@ -81,8 +81,13 @@ def test_the_loop_labels_its_runs_and_partitions_and_leaves_nothing_missing(tmp_
         asset_key=dg.AssetKey("pin_results"), asset_partitions=[adapter.key]), limit=5).records
     assert pinned.asset_materialization.metadata["model_version"].value == adapter.digest
     assert pinned.asset_materialization.metadata["pinned_by"].value == f"candidate_pins[{cycle}]"
-    # The checks' latest results (not partitioned: what the UI shows) stay the champion's.
-    (latest,) = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-        [dg.AssetCheckKey(dg.AssetKey("pin_results"), "every_pin_holds")]).values()
-    assert latest.event.dagster_event.event_specific_data.metadata["partition"].value == base.key
+    # The checks (not partitioned) show the latest materialisation's results: the candidate's, in its run, each
+    # naming its partition. Without them the UI read "Not Evaluated" for every pin after a cycle.
+    newest = instance.fetch_materializations(dg.AssetKey("pin_results"), limit=1).records[0]
+    keys = [dg.AssetCheckKey(dg.AssetKey("pin_results"), n) for n in ("every_pin_holds", "pin_video_gaming_app")]
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+    assert len(latest) == 2 and newest.run_id == result.run_id
+    for record in latest.values():
+        assert record.run_id == newest.run_id  # Dagster's rule for "this check evaluated the latest materialisation"
+        assert record.event.dagster_event.event_specific_data.metadata["partition"].value == adapter.key
     assert read_champion(home).model_version == base.digest and short(adapter.digest) == adapter.key

@@ -48,3 +48,26 @@ def test_a_latency_rise_is_said_in_words():
     assert note.startswith("p99 per decision rose 35% (median over 3 pins)") and "merge_champion" in note
     assert latency_note({"pins": [{"pin": "a", "p99_before_ms": 2.0, "p99_after_ms": 1.9}]}).startswith(
         "p99 per decision fell 5%")
+
+
+def test_the_reports_plots_are_images_in_the_ui_summary():
+    """The UI's markdown view renders data-URI images (seen in Chromium: tests/integration/test_live_dagster.py)."""
+    import base64
+    import re
+
+    from modelsmith.evidence import report_plots
+    from modelsmith.review import Review, review_markdown
+
+    pins = [{"pin": f"p{i}", "target": i == 0, "rows": 100, "delta": 0.01 * i, "before": 0.9, "after": 0.95,
+             "before_ci_low": 0.85, "before_ci_high": 0.94, "after_ci_low": 0.9, "after_ci_high": 0.98,
+             "p99_before_ms": 2.0, "p99_after_ms": 2.1} for i in range(3)]
+    history = pl.DataFrame({"model_version": ["a" * 64, "b" * 64], "pin": ["p0", "p0"], "created": ["1", "2"],
+                            "accuracy": [0.8, 0.95]})
+    plots = report_plots({"pins": pins, "targets": ["p0"], "champion": "a" * 64, "candidate": "b" * 64}, history)
+    review = Review("offered", "", "no change", pl.DataFrame(), {"rows": 10, "by_source": {}, "anchored_to_champion": 0},
+                    {}, {}, "no latency measured", "b" * 64, "a" * 64)
+    text = review_markdown(review, "d" * 64, plots)
+    images = re.findall(r"!\[plot (\d)\]\(data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", text)
+    assert [n for n, _ in images] == ["1", "2", "3"]
+    assert [base64.b64decode(data).decode() for _, data in images] == [svg for _, svg in plots]
+    assert all(f"**Plot {n}: {title}**" in text for n, (title, _) in enumerate(plots, start=1))
