@@ -114,7 +114,7 @@ def build_review(home: Path, cycle: dict, delta: dict, diagnosis: dict, adapter:
 
 
 APPROVE = ("The digest to approve is the SHA-256 of `bundle.dsse.json` beside this report (it signs this report, "
-           "so it cannot be printed inside it): `sha256sum bundle.dsse.json`, the `bundle_digest` of the "
+           "so it cannot be printed inside it): `sha256sum bundle.dsse.json`, the `sha256` of the "
            "`evidence_bundle` asset, and the Launchpad's default.")
 
 

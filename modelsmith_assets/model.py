@@ -7,6 +7,7 @@ check on `pin_results`, so the checks are built from the pin file when the defin
 """
 
 import time
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -16,7 +17,7 @@ from modelsmith.evaluate import PinResult, markdown_table, status_text
 from modelsmith.audit import bootstrap_champion
 from modelsmith.champion import read_champion
 from modelsmith.labels import version_label
-from modelsmith.model_dir import Registry
+from modelsmith.model_dir import Registry, file_sha256
 from modelsmith.pin_runs import pin, reference_for, runs, store
 from modelsmith.pins import PinSet
 from modelsmith.regression import regression_report_for
@@ -68,7 +69,7 @@ def base_model(context: dg.AssetExecutionContext, model: ModelSettings, storage:
         _record_champion(context, home)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version.digest),
-        metadata={"digest": version.digest, "partition_key": version.key, "label": version_label(home, version),
+        metadata={"sha256": version.digest, "partition_key": version.key, "label": version_label(home, version),
                   "path": dg.MetadataValue.path(str(path)),
                   "champion": champion.model_version[:16], **info, **signed},
     )
@@ -202,16 +203,17 @@ def pin_checks(results: list[PinResult], partition: str) -> list[dict]:
 
 
 def pin_results_metadata(run, version, run_dir, reference_name: str, label: str) -> dict:
-    """`pin_results`' metadata for one pin run of `version` (the pins table with the failing ones on top)."""
+    """`pin_results`' metadata for one pin run of `version` (the pins table with the failing ones on top); its
+    `sha256` (of the run's predictions) is the materialisation's data version."""
     return {
         "label": label, "dagster/row_count": run.predictions.height,
+        "path": dg.MetadataValue.path(str(run_dir)), "sha256": file_sha256(Path(run_dir) / "predictions.parquet"),
         "composite": run.composite, "passed": run.passed,
         "failed": ", ".join(run.summary()["failed"]) or "none",
         "inconclusive": ", ".join(r.pin for r in run.results if r.inconclusive) or "none",
         "regressed": ", ".join(run.summary()["regressed"]) or "none",
         "reference": reference_name, "policy_digest": run.policy_digest, "scenarios_digest": run.scenarios_digest,
         "model_version": version.digest, "kind": version.kind,
-        "run_dir": dg.MetadataValue.path(str(run_dir)),
         "pins": dg.MetadataValue.md(markdown_table(failing_first(run.results))),
     }
 
@@ -219,7 +221,7 @@ def pin_results_metadata(run, version, run_dir, reference_name: str, label: str)
 def regression_report_metadata(instance: dg.DagsterInstance, storage: StorageEngine, pins: PinSet, version,
                                label: str) -> dict:
     """Write the regression report of `version`'s latest pin run (the latest copy for people, this run's for the
-    sensor) and return `regression_report`'s metadata."""
+    sensor) and return `regression_report`'s metadata (its `sha256` is the data version)."""
     home = storage.base()
     done = runs(home, version.digest)
     if not done:
@@ -236,7 +238,7 @@ def regression_report_metadata(instance: dg.DagsterInstance, storage: StorageEng
     return {**(detect if is_champion else {}), "label": label,
             "regressed": len(report["regressed"]), "failed": len(report["failed"]),
             "pins": ", ".join(p["pin"] for p in report["regressed"]) or "none",
-            "is_champion": is_champion, "path": dg.MetadataValue.path(str(path)),
+            "is_champion": is_champion, "path": dg.MetadataValue.path(str(path)), "sha256": file_sha256(path),
             "report": dg.MetadataValue.md(_report_markdown(table))}
 
 
@@ -264,8 +266,8 @@ def build_model_defs(pins: PinSet, deps: list) -> dg.Definitions:
         version = Registry(home).get(context.partition_key)
         run, run_dir, reference_name = pin_version(storage, inference, pins, version)
         context.log.info(f"pinned {version.key} against {reference_name}: composite {run.composite:.4f}")
-        yield dg.MaterializeResult(
-            metadata=pin_results_metadata(run, version, run_dir, reference_name, version_label(home, version)))
+        metadata = pin_results_metadata(run, version, run_dir, reference_name, version_label(home, version))
+        yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(metadata["sha256"]))
         for check in pin_checks(run.results, version.key):
             yield dg.AssetCheckResult(asset_key="pin_results", **check)
 
@@ -274,8 +276,8 @@ def build_model_defs(pins: PinSet, deps: list) -> dg.Definitions:
         """Which pins of this version regressed, by how much, with p-values and failing rows: the repair chain's input."""
         home = storage.base()
         version = Registry(home).get(context.partition_key)
-        return dg.MaterializeResult(metadata=regression_report_metadata(context.instance, storage, pins, version,
-                                                                        version_label(home, version)))
+        metadata = regression_report_metadata(context.instance, storage, pins, version, version_label(home, version))
+        return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(metadata["sha256"]))
 
     pin_job = dg.define_asset_job("pin_model_version_job", selection=[pin_results, regression_report],
                                   description="Pin one model version (a partition) and write its regression report")

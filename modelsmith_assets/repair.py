@@ -73,8 +73,9 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         attr = pl.DataFrame({"feature": [c.removeprefix(ATTR_PREFIX) for c in failing.columns if c.startswith(ATTR_PREFIX)],
                              "mean_attribution": [float(failing[c].mean() or 0.0) for c in failing.columns
                                                   if c.startswith(ATTR_PREFIX)]}).sort("mean_attribution", descending=True)
-        return dg.MaterializeResult(metadata={
-            "cycle_label": cycle_label(cycle),
+        sha256 = file_sha256(path)
+        return dg.MaterializeResult(data_version=dg.DataVersion(sha256), metadata={
+            "cycle_label": cycle_label(cycle), "sha256": sha256,
             "dagster/row_count": traces.height, "failing_rows": failing.height,
             "contrast_rows": traces.height - failing.height, "pins": ", ".join(cycle["regressed"]),
             "model_version": version.digest, "path": dg.MetadataValue.path(str(path)),
@@ -97,14 +98,14 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
             context.log.warning(f"critic fallback: {result.provenance.fallback}")
         features = pl.DataFrame([{"feature": f.feature, "values": ", ".join(f.values), "error_lift": f.error_lift,
                                   "attribution": f.attribution} for f in result.features])
-        return dg.MaterializeResult(metadata={
-            "cycle_label": cycle_label(cycle),
+        return dg.MaterializeResult(data_version=dg.DataVersion(result.digest), metadata={
+            "cycle_label": cycle_label(cycle), "sha256": result.digest,
             "hypothesis": result.hypothesis, "segments": ", ".join(result.segments), "confidence": result.confidence,
             "critic": result.provenance.critic, "critic_model": result.provenance.model,
             "fallback": result.provenance.fallback or "none", "recipe": " then ".join(result.recipe.stages),
             "synthesis": json.dumps({"filters": result.synthesis.filters, "rows": result.synthesis.rows,
                                      "replay_ratio": result.synthesis.replay_ratio}),
-            "features": dg.MetadataValue.md(to_markdown(features)), "digest": result.digest,
+            "features": dg.MetadataValue.md(to_markdown(features)),
             "path": dg.MetadataValue.path(str(path)),
         })
 
@@ -142,8 +143,9 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
                                 diagnosis_digest=diag.digest, cycle=key, signer=signer.signer())
         write_lineage(out, rows.to_dicts(), lineage)
         counts = rows.group_by("source").len()
-        yield dg.MaterializeResult(metadata={
-            "cycle_label": cycle_label(read_cycle(home, key)),
+        sha256 = file_sha256(out / "rows.parquet")
+        yield dg.MaterializeResult(data_version=dg.DataVersion(sha256), metadata={
+            "cycle_label": cycle_label(read_cycle(home, key)), "sha256": sha256,
             "dagster/row_count": rows.height, "target_rows": int((rows["source"] == "target").sum()),
             "replay_rows": int((rows["source"] == "replay").sum()),
             "contrast_rows": int((rows["source"] == "contrast").sum()),
@@ -207,8 +209,8 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
                                                          "path": str(final), "about": about,
                                                          "model_signature": signature.as_json()})
         history = pl.DataFrame(summary["history"])
-        return dg.MaterializeResult(metadata={
-            "cycle_label": cycle_label(cycle),
+        return dg.MaterializeResult(data_version=dg.DataVersion(version.digest), metadata={
+            "cycle_label": cycle_label(cycle), "sha256": version.digest,
             "model_version": version.digest, "partition_key": version.key, "base": base.digest,
             "stages_run": ", ".join(summary["stages"]), "stages_requested": ", ".join(summary["requested_stages"]),
             "grpo": json.dumps(summary["grpo"]) if summary["grpo"] else "not requested",
@@ -240,21 +242,23 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
                                                                 **run.summary()})
         label = version_label(home, version)
         by = {"pinned_by": f"candidate_pins[{key}]"}
-        context.log_event(dg.AssetMaterialization(
-            "pin_results", partition=version.key,
-            metadata={**pin_results_metadata(run, version, run_dir, reference_name, label), **by}))
+        pinned = pin_results_metadata(run, version, run_dir, reference_name, label)
+        context.log_event(dg.AssetMaterialization("pin_results", partition=version.key, metadata={**pinned, **by},
+                                                  tags={"dagster/data_version": pinned["sha256"]}))
         for check in pin_checks(run.results, version.key):  # in this run: the UI counts them as the latest's
             context.log_event(dg.AssetCheckEvaluation(asset_key=dg.AssetKey("pin_results"), partition=version.key,
                                                       **check))
-        context.log_event(dg.AssetMaterialization("regression_report", partition=version.key, metadata={
-            **regression_report_metadata(context.instance, storage, pins, version, label), **by}))
-        return dg.MaterializeResult(metadata={
+        reported = regression_report_metadata(context.instance, storage, pins, version, label)
+        context.log_event(dg.AssetMaterialization("regression_report", partition=version.key,
+                                                  metadata={**reported, **by},
+                                                  tags={"dagster/data_version": reported["sha256"]}))
+        return dg.MaterializeResult(data_version=dg.DataVersion(pinned["sha256"]), metadata={
             "cycle_label": cycle_label(read_cycle(home, key)), "model_version": version.digest,
+            "path": pinned["path"], "sha256": pinned["sha256"], "dagster/row_count": run.predictions.height,
             "partition_key": version.key, "label": label,
             "composite": run.composite, "passed": run.passed, "reference": reference_name,
             "failed": ", ".join(run.summary()["failed"]) or "none",
             "regressed": ", ".join(run.summary()["regressed"]) or "none",
-            "run_dir": dg.MetadataValue.path(str(run_dir)),
             "pins": dg.MetadataValue.md(markdown_table(failing_first(run.results))),
         })
 
@@ -274,8 +278,9 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
             write_card(Path(adapter_info["path"]), adapter_card(adapter_info, adapter_info["about"], delta))
         shown = frame.select("pin", "rows", "before", "after", "delta", "p_adjusted", "p99_before_ms", "p99_after_ms",
                              "status", "notes")
-        return dg.MaterializeResult(metadata={
-            "cycle_label": cycle_label(cycle),
+        sha256 = file_sha256(path)
+        return dg.MaterializeResult(data_version=dg.DataVersion(sha256), metadata={
+            "cycle_label": cycle_label(cycle), "sha256": sha256, "dagster/row_count": frame.height,
             "offer_for_promotion": delta["offer_for_promotion"], "repaired": ", ".join(delta["repaired"]) or "none",
             "not_repaired": ", ".join(delta["not_repaired"]) or "none",
             "flagged": ", ".join(delta["flagged"]) or "none",
@@ -313,17 +318,19 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         verdict = verdict_sentence(delta)
         review = build_review(home, read_cycle(home, key), delta, storage.get_json(f"cycles/{key}/diagnosis.json"),
                               storage.get_json(f"cycles/{key}/adapter.json"), run_ids)
-        yield dg.MaterializeResult(metadata={
+        # `sha256` is the bundle digest: the SHA-256 of bundle.dsse.json, which the Launchpad's bundle_digest names.
+        yield dg.MaterializeResult(data_version=dg.DataVersion(info.digest), metadata={
             "cycle_label": cycle_label(read_cycle(home, key)),
             "summary": dg.MetadataValue.md(review_markdown(review, info.digest, plots)),
-            "verdict": verdict, "bundle_digest": info.digest, "candidate": delta["candidate"],
+            "verdict": verdict, "sha256": info.digest, "candidate": delta["candidate"],
             "cycle_time_s": round(cycle_time, 1),
             "report": dg.MetadataValue.path(str(info.path / "report.html")),
-            "bundle": dg.MetadataValue.path(str(info.path)), "tar": dg.MetadataValue.path(str(info.tar)),
+            "path": dg.MetadataValue.path(str(info.path)), "tar": dg.MetadataValue.path(str(info.tar)),
             "files": len(info.files), "signed_by": signer.signer().key_id(),
             "delta": dg.MetadataValue.md(to_markdown(shown.sort("delta"), max_rows=200)),
-            "next": "launch promotion_job from the Launchpad with this bundle_digest" if delta["offer_for_promotion"]
-            else "close it: launch promotion_job with this bundle_digest and decision reject",
+            "next": "launch promotion_job from the Launchpad with this sha256 as bundle_digest"
+            if delta["offer_for_promotion"] else
+            "close it: launch promotion_job with this sha256 as bundle_digest and decision reject",
         })
         blocking = pl.DataFrame(blocking_pins(delta), schema={
             "pin": pl.String, "status": pl.String, "rows": pl.Int64, "before": pl.Float64, "after": pl.Float64,

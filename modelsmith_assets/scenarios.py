@@ -34,7 +34,7 @@ def policy(scenarios: ScenarioSettings, storage: StorageEngine) -> dg.Materializ
     return dg.MaterializeResult(
         data_version=dg.DataVersion(active.digest),
         metadata={
-            "policy_digest": active.digest,
+            "sha256": active.digest,  # of the policy's canonical form: its identity
             "version": active.version,
             "path": dg.MetadataValue.path(active.source),
             "rules": dg.MetadataValue.md("| rule | decision | conditions |\n|---|---|---|\n" + rules

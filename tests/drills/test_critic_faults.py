@@ -222,7 +222,7 @@ def test_a_cycle_completes_on_the_fallback_critic_and_says_so_everywhere(cycle_o
     assert f"fallback: {reason}" in (bundle / "diagnosis.md").read_text()
     assert "Diagnosis (statistical)" in (bundle / "report.html").read_text()
     evidence = instance.fetch_materializations(dg.AssetKey("evidence_bundle"), limit=1).records[0]
-    assert evidence.asset_materialization.metadata["bundle_digest"].value == report.digest
+    assert evidence.asset_materialization.metadata["sha256"].value == report.digest
     print(f"\n[drill] critic fallback cycle: repair_cycle_job {seconds:.0f}s")
 
 

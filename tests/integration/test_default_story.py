@@ -82,14 +82,22 @@ def test_v1_passes_every_pin_and_v2_regresses_gaming_only(home, story):
     assert gaming["failing_rows"] == len(gaming["failing_row_ids"]) > 0
     assert "last passing pin run" in report["reference"]
 
-    # What the UI shows: one check per pin on the partition; the Gaming check failed, the rest passed.
+    # What the UI shows: the checks of the latest pin run, the candidate's, each naming its partition; the
+    # champion's v2 run failed the Gaming check (an error, not an inconclusive warning) before it.
     instance = dg.DagsterInstance.get()
     assert instance.get_dynamic_partitions("model_versions") == [short(champion.model_version),
                                                                  short(v2["adapter_digest"])]  # + the repair's adapter
-    records = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-        [dg.AssetCheckKey(dg.AssetKey("pin_results"), name) for name in ("pin_all", "pin_video_gaming_app")])
-    status = {k.name: r.status.value for k, r in records.items()}
-    assert status == {"pin_all": "SUCCEEDED", "pin_video_gaming_app": "FAILED"}
+    keys = [dg.AssetCheckKey(dg.AssetKey("pin_results"), name) for name in ("pin_all", "pin_video_gaming_app")]
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+    assert {k.name: r.event.dagster_event.event_specific_data.metadata["partition"].value
+            for k, r in latest.items()} == {"pin_all": short(v2["adapter_digest"]),
+                                            "pin_video_gaming_app": short(v2["adapter_digest"])}
+    assert latest[keys[0]].status.value == "SUCCEEDED"
+    evaluations = [r.event.dagster_event.event_specific_data
+                   for r in instance.event_log_storage.get_asset_check_execution_history(keys[1], limit=3)]
+    champion_v2 = evaluations[1]  # newest first: the candidate's, then the champion's under v2
+    assert champion_v2.metadata["partition"].value == short(champion.model_version) and not champion_v2.passed
+    assert champion_v2.severity == dg.AssetCheckSeverity.ERROR and "regressed by" in champion_v2.description
 
     runs = history(home)  # DuckDB over the stored Parquet: the champion's two runs, the candidate's one
     gaming = runs.filter(runs["pin"] == "Video Gaming/app")
@@ -147,6 +155,28 @@ def test_one_cycle_repairs_gaming_and_offers_it_only_when_nothing_is_flagged(hom
 
 def _bundle(home: Path, story) -> Path:
     return home / "bundles" / story[2]["cycle"]
+
+
+ARTIFACTS = ("policy", "scenario_pack", "replayed_auctions", "base_model", "pin_results", "regression_report",
+             "failure_traces", "diagnosis", "synthetic_dataset", "adapter", "candidate_pins", "benchmark_delta",
+             "evidence_bundle")
+TABLES = ("replayed_auctions", "pin_results", "failure_traces", "synthetic_dataset", "candidate_pins",
+          "benchmark_delta")
+
+
+def test_every_artifact_names_its_sha256_and_path_and_carries_it_as_its_data_version(home, story):
+    """One metadata vocabulary: `sha256` is the artifact's own content digest (and its data version), `path`
+    where it lies, `dagster/row_count` for a table; another artifact is named `<what>_digest` or `model_version`."""
+    instance = dg.DagsterInstance.get()
+    for name in ARTIFACTS:
+        (record,) = instance.fetch_materializations(dg.AssetKey(name), limit=1).records
+        materialization = record.asset_materialization
+        meta = materialization.metadata
+        assert len(meta["sha256"].value) == 64, name
+        assert materialization.tags["dagster/data_version"] == meta["sha256"].value, name
+        assert Path(meta["path"].value).exists(), name
+        assert name not in TABLES or meta["dagster/row_count"].value > 0, name
+        assert not {"digest", "bundle_digest", "run_dir", "bundle"} & set(meta), (name, sorted(meta))
 
 
 def test_the_evidence_bundle_verifies_offline_and_names_what_was_tampered(home, story, tmp_path):

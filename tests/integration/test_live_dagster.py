@@ -269,7 +269,7 @@ def test_a_reviewer_decides_in_the_browser_and_only_an_approval_moves_the_champi
     page.screenshot(path=str(ARTIFACTS / "03-regressed-pin-history.png"), full_page=True)
     body = _keep(page, "03-regressed-pin-history.txt")
     assert re.search(r"(inconclusive|ok)\b[\s\S]*failed: [^\n]*regressed by", body), body[:3000]
-    body = _open(page, live, "/assets/evidence_bundle", "04-pending-bundle.png", expect="bundle_digest")
+    body = _open(page, live, "/assets/evidence_bundle", "04-pending-bundle.png", expect="cycle_time_s")
     assert digest in body and "offered for promotion" in body
     # The report in the UI: the summary's markdown view shows what changed, the digest and the report's plots.
     summary = page.locator("tr").filter(has=page.get_by_text("summary", exact=True))
