@@ -138,7 +138,8 @@ def _signed_by(home: Path, decision: Decision) -> dict:
 
 
 def _decide(home: Path, decision: Decision, signer, run_id: str) -> dict:
-    from modelsmith.attest import sign_statement, statement, verify_bundle
+    from modelsmith.bundle_verify import verify_bundle
+    from modelsmith.dsse import sign_statement, statement
 
     signed = _signed_by(home, decision)
     if signed:

@@ -34,7 +34,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from modelsmith.attest import VerificationError, open_envelope, sign_statement, statement
+from modelsmith.dsse import VerificationError, open_envelope, sign_statement, statement
 from modelsmith.engines.signer import Ed25519Signer, key_id_for
 
 APPROVAL_TYPE = "https://modelsmith.dev/approval/v1"

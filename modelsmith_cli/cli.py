@@ -449,7 +449,7 @@ def bundle_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object")
 def bundle_verify(path: Path, public_key: Path | None, as_json: bool) -> None:
     """Verify the bundle directory or .tar PATH: signatures, digests, no missing or extra files; exit 1 unless OK."""
-    from modelsmith.attest import verify_bundle
+    from modelsmith.bundle_verify import verify_bundle
 
     pem = None
     if public_key is not None:

@@ -172,7 +172,7 @@ def test_a_cycle_completes_on_the_fallback_critic_and_says_so_everywhere(cycle_o
     import dagster as dg
     import polars as pl
 
-    from modelsmith.attest import verify_bundle
+    from modelsmith.bundle_verify import verify_bundle
     from modelsmith.critics import CriticInput
     from modelsmith.cycles import read_cycle
     from modelsmith_cli.headless import refused_by_its_gate_check

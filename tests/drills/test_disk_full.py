@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from modelsmith.attest import verify_bundle, write_bundle
+from modelsmith.attest import write_bundle
+from modelsmith.bundle_verify import verify_bundle
 from modelsmith.model_dir import file_sha256
 from modelsmith.engines.signer import Ed25519Signer
 from tests.drills.fault_support import PYTHON, REPO

@@ -25,7 +25,9 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from modelsmith.attest import BUNDLE_FILE, PAYLOAD_TYPE, PUBLIC_KEY_FILE, pae, verify_bundle, write_bundle
+from modelsmith.attest import BUNDLE_FILE, PUBLIC_KEY_FILE, write_bundle
+from modelsmith.bundle_verify import verify_bundle
+from modelsmith.dsse import PAYLOAD_TYPE, pae
 from modelsmith_cli.cli import main
 from modelsmith.lineage import canonical_json
 from modelsmith.engines.signer import Ed25519Signer

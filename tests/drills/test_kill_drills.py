@@ -288,7 +288,7 @@ def adapter_files(tmp_path) -> Path:
 
 
 def test_bundle_killed_before_the_directory_and_before_the_tar(tmp_path, adapter_files):
-    from modelsmith.attest import verify_bundle
+    from modelsmith.bundle_verify import verify_bundle
     from modelsmith.gate import bundles, pending
     from modelsmith.model_dir import file_sha256
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from modelsmith.attest import verify_bundle, write_bundle
+from modelsmith.attest import write_bundle
+from modelsmith.bundle_verify import verify_bundle
 from modelsmith.engines.signer import Ed25519Signer
 from scenario_data.ingest import IngestError, expand_paths, ingest_paths
 from tests.drills.input_support import real_requests, write_jsonl

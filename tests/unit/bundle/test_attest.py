@@ -16,9 +16,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from modelsmith.attest import (BUNDLE_FILE, BUNDLE_PREDICATE_TYPE, PAYLOAD_TYPE, PUBLIC_KEY_FILE, STATEMENT_TYPE,
-                               VerificationError, open_envelope, pae, sign_statement, statement, subject,
-                               verify_bundle, write_bundle, write_tar)
+from modelsmith.attest import BUNDLE_FILE, BUNDLE_PREDICATE_TYPE, PUBLIC_KEY_FILE, write_bundle, write_tar
+from modelsmith.bundle_verify import verify_bundle
+from modelsmith.dsse import PAYLOAD_TYPE, STATEMENT_TYPE, VerificationError, open_envelope, pae, sign_statement, \
+    statement, subject
 from modelsmith_cli.cli import main
 from modelsmith.lineage import canonical_json
 from modelsmith.engines.signer import Ed25519Signer
