@@ -211,7 +211,7 @@ def build_repair_defs(pins: PinSet) -> dg.Definitions:
         history = pl.DataFrame(summary["history"])
         return dg.MaterializeResult(data_version=dg.DataVersion(version.digest), metadata={
             "cycle_label": cycle_label(cycle), "sha256": version.digest,
-            "model_version": version.digest, "partition_key": version.key, "base": base.digest,
+            "model_version": version.digest, "partition_key": version.key, "base_digest": base.digest,
             "stages_run": ", ".join(summary["stages"]), "stages_requested": ", ".join(summary["requested_stages"]),
             "grpo": json.dumps(summary["grpo"]) if summary["grpo"] else "not requested",
             "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
