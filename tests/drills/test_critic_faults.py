@@ -213,7 +213,7 @@ def test_a_cycle_completes_on_the_fallback_critic_and_says_so_everywhere(cycle_o
 
     # What the chain built on is that diagnosis, and the signed bundle a reviewer reads says so.
     lineage = json.loads((home / "datasets" / cycle / "lineage.json").read_text())
-    assert lineage["diagnosis_digest"] == stored["digest"] == meta["digest"].value
+    assert lineage["diagnosis_digest"] == stored["digest"] == meta["sha256"].value
     bundle = home / "bundles" / cycle
     report = verify_bundle(bundle.with_name(cycle + ".tar"), (home / "keys" / "ed25519.pub").read_text())
     assert report.ok, report.errors
