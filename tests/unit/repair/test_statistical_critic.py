@@ -150,3 +150,21 @@ def test_a_change_across_some_segments_targets_the_cause_in_their_union_with_nea
     # and the segments' own rows without the cause, labelled by the policy (in-segment near misses)
     assert d.synthesis.segment == {"inventory_type": {"in": ["app", "site"]},
                                    "vertical": {"in": ["Politics", "Sports", "Travel"]}}
+
+
+def test_the_training_rows_stay_within_the_cycles_budget_but_not_below_a_floor_per_segment():
+    """Target plus replay stays within `max_training_rows` (SFT time is rows times epochs), the target rows
+    giving way and the replay ratio kept; never below `min_rows_per_segment` per regressed segment."""
+    pins = {f"{v}/{t}": {"vertical": {"eq": v}, "inventory_type": {"eq": t}}
+            for v, t in (("Sports", "site"), ("Politics", "site"), ("Travel", "app"))}
+    traces = _threshold_traces(pins)
+    regressed = [{"pin": n, "rows": 100, "drop": 0.05 + i / 100, "p_value": 1e-6} for i, n in enumerate(pins)]
+    inp = CriticInput("c3", "m" * 64, "p" * 64, regressed, pins, traces)
+    unbounded = StatisticalCritic(rows_per_failure=100).diagnose(inp).synthesis  # the default: no budget
+    assert unbounded.rows == 4_000 and unbounded.replay_ratio == 3.0  # 16,000 rows in all
+    bounded = StatisticalCritic(rows_per_failure=100, max_training_rows=8_000).diagnose(inp).synthesis
+    assert bounded.replay_ratio == 3.0 and bounded.rows == 2_000  # 8,000 in all
+    assert bounded.filters == unbounded.filters and bounded.segment == unbounded.segment
+    floored = StatisticalCritic(rows_per_failure=100, max_training_rows=8_000,
+                                min_rows_per_segment=1_000).diagnose(inp).synthesis
+    assert floored.rows == 3_000  # three segments, 1,000 each, over the budget
