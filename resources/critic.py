@@ -19,13 +19,16 @@ class CriticSettings(dg.ConfigurableResource):
                              description="Retries of 429, 5xx, timeouts and connection errors (the SDK's backoff)")
     timeout_s: float = Field(30.0, gt=0, le=3_600, allow_inf_nan=False,
                              description="Timeout of one request, in seconds")
+    max_training_rows: int | None = Field(
+        8_000, ge=1_000, description="The statistical critic's budget of training rows (target + replay) per "
+        "cycle: SFT time is rows times epochs. None: as many as the failures ask for")
 
     def build(self) -> Critic:
         from modelsmith.statistical_critic import StatisticalCritic
 
         if self.critic == "statistical":
-            return StatisticalCritic()
+            return StatisticalCritic(max_training_rows=self.max_training_rows)
         if self.critic == "claude":
             return ClaudeCritic(self.model, self.api_key or None, self.base_url or None, self.max_retries,
-                                self.timeout_s, fallback=StatisticalCritic())
+                                self.timeout_s, fallback=StatisticalCritic(max_training_rows=self.max_training_rows))
         raise ValueError(f"unknown critic {self.critic!r}; expected 'statistical' or 'claude'")

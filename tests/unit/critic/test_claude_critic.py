@@ -9,9 +9,7 @@ import hashlib
 import json
 import logging
 import random
-import sys
 import time
-import types
 from typing import Any
 
 import polars as pl
@@ -245,15 +243,19 @@ def test_no_key_means_no_request(fake_anthropic: FakeAnthropic) -> None:
     assert fake_anthropic.requests == []
 
 
-def test_settings_build_the_chosen_critic(monkeypatch: pytest.MonkeyPatch) -> None:
-    stub = types.ModuleType("modelsmith.statistical_critic")
-    stub.StatisticalCritic = TableCritic  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "modelsmith.statistical_critic", stub)
+def test_settings_build_the_chosen_critic() -> None:
+    from modelsmith.statistical_critic import StatisticalCritic
 
-    assert isinstance(CriticSettings().build(), TableCritic)
-    settings = CriticSettings(critic="claude", api_key=KEY, base_url="http://127.0.0.1:9", max_retries=1, timeout_s=2)
+    built = CriticSettings().build()
+    assert isinstance(built, StatisticalCritic) and built.max_training_rows == 8_000  # the default budget
+    assert CriticSettings(max_training_rows=None).build().max_training_rows is None
+    with pytest.raises(ValueError, match="max_training_rows"):  # pydantic's ValidationError
+        CriticSettings(max_training_rows=10)
+    settings = CriticSettings(critic="claude", api_key=KEY, base_url="http://127.0.0.1:9", max_retries=1, timeout_s=2,
+                              max_training_rows=12_000)
     built = settings.build()
-    assert isinstance(built, ClaudeCritic) and isinstance(built.fallback, TableCritic)
+    assert isinstance(built, ClaudeCritic) and isinstance(built.fallback, StatisticalCritic)
+    assert built.fallback.max_training_rows == 12_000
     assert (built.model, built.base_url, built.max_retries, built.timeout_s) == (
         "claude-sonnet-4-6", "http://127.0.0.1:9", 1, 2.0)
     assert KEY not in repr(settings)
