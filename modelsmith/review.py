@@ -91,8 +91,8 @@ def latency_note(delta: dict) -> str:
     worst = max(delta["pins"], key=lambda p: p["p99_after_ms"])
     return (f"p99 per decision {'rose' if change > 0 else 'fell'} {abs(change):.0%} (median over {len(ratios)} pins); "
             f"the slowest pin, {worst['pin']}, is at {worst['p99_after_ms']:.1f} ms"
-            + ("; an adapter attached unmerged costs time on every decision (merge it at promotion: "
-               "InferenceSettings.merge_champion)" if change > 0.1 else ""))
+            + ("; an adapter attached unmerged costs time on every decision (pin and serve it merged: "
+               "InferenceSettings.merge_adapters)" if change > 0.1 else ""))
 
 
 def build_review(home: Path, cycle: dict, delta: dict, diagnosis: dict, adapter: dict, run_ids: dict[str, str]) -> Review:

@@ -110,15 +110,18 @@ def labelled_auctions(storage: StorageEngine) -> tuple[pl.DataFrame, str]:
     return pl.read_parquet(path), file_sha256(path)
 
 
-def engine_for(version, registry: Registry, inference: InferenceSettings, champion: str | None = None):
-    """One loaded base model; an adapter version is attached to its base by digest and switched on.
+def engine_for(version, registry: Registry, inference: InferenceSettings):
+    """The engine that decides for one registered version, as it would be served.
 
-    The champion, when it is an adapter and `merge_champion` is set, is served merged into its base.
+    An adapter version is merged into its base (`merge_adapters`, the default with the transformers
+    engine), so its pins judge the latency a bidder would see once it is promoted; otherwise it is
+    attached to its loaded base by digest and switched on. The candidate's accuracy is the merged
+    model's: the weights it would serve.
     """
     if version.kind == "base":
         return inference.load(version.path)
     base = registry.get(version.base)
-    if inference.merge_champion and inference.engine == "transformers" and version.digest == champion:
+    if inference.merge_adapters and inference.engine == "transformers":
         from modelsmith.engines.inference import TransformersEngine
 
         return TransformersEngine.merged(base.path, version.path, inference.device, inference.batch_size,
@@ -140,7 +143,7 @@ def pin_version(storage: StorageEngine, inference: InferenceSettings, pins: PinS
     champion = read_champion(home)
     champion_digest = champion.model_version if champion else None
     reference, reference_name = reference_for(home, version.digest, champion_digest, labelled)
-    engine = engine_for(version, Registry(home), inference, champion_digest)
+    engine = engine_for(version, Registry(home), inference)
     run = pin(engine, labelled, pins, version.digest, scenarios_digest, reference, reference_name)
     return run, store(home, run), reference_name
 

@@ -245,7 +245,8 @@ def pins() -> None:
 
 @pins.command("run")
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
-@click.option("--adapter", "adapter_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
+@click.option("--adapter", "adapter_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A LoRA adapter of the model, pinned merged into it as it is served (vllm: attached)")
 @click.option("--policy", "policy_path", required=True, help="Policy file (YAML)")
 @click.option("--scenarios", "scenario_file", type=click.Path(exists=True, path_type=Path), required=True)
 @click.option("--pins", "pins_path", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -275,12 +276,16 @@ def pins_run(model_dir: Path, adapter_dir: Path | None, policy_path: str, scenar
         reference = reference_from_predictions(decided, labelled)
         reference_name = f"{against_dir} ({directory_digest(against_dir)[:16]})"
         del other
-    eng = _checked(lambda: load_engine(model_dir, engine, batch_size=batch_size))
-    version = directory_digest(model_dir)
-    if adapter_dir is not None:
-        version = directory_digest(adapter_dir)
-        eng.attach_adapter(version, adapter_dir)
-        eng.use(version)
+    version = directory_digest(model_dir if adapter_dir is None else adapter_dir)
+    if adapter_dir is not None and engine == "transformers":  # merged, as it is served (InferenceSettings.merge_adapters)
+        from modelsmith.engines.inference import TransformersEngine
+
+        eng = _checked(lambda: TransformersEngine.merged(model_dir, adapter_dir, batch_size=batch_size))
+    else:
+        eng = _checked(lambda: load_engine(model_dir, engine, batch_size=batch_size))
+        if adapter_dir is not None:
+            eng.attach_adapter(version, adapter_dir)
+            eng.use(version)
     with _progress("decide", " rows", total=labelled.height, quiet=as_json) as progress:
         run = pin(eng, labelled, pinset, version, _file_digest(scenario_file), reference, reference_name, progress)
     if as_json:

@@ -45,7 +45,7 @@ def test_failing_examples_spread_over_the_targets_with_the_implicated_features()
 def test_a_latency_rise_is_said_in_words():
     pins = [{"pin": f"p{i}", "p99_before_ms": 2.0, "p99_after_ms": 2.7} for i in range(3)]
     note = latency_note({"pins": pins})
-    assert note.startswith("p99 per decision rose 35% (median over 3 pins)") and "merge_champion" in note
+    assert note.startswith("p99 per decision rose 35% (median over 3 pins)") and "merge_adapters" in note
     assert latency_note({"pins": [{"pin": "a", "p99_before_ms": 2.0, "p99_after_ms": 1.9}]}).startswith(
         "p99 per decision fell 5%")
 

@@ -94,3 +94,20 @@ def test_a_merged_adapter_decides_as_the_attached_one(model_dir, adapter_dir, ro
     base = TransformersEngine(model_dir, batch_size=16).decide(rows).probabilities
     np.testing.assert_allclose(merged.decide(rows).probabilities, attached.decide(rows).probabilities, atol=1e-5)
     assert not np.allclose(merged.decide(rows).probabilities, base, atol=1e-4)  # the adapter does change decisions
+
+
+def test_an_adapter_version_is_pinned_merged_as_it_is_served(tmp_path, model_dir, adapter_dir, rows):
+    """A candidate's pins judge the weights a promoted adapter is served with (merged: the base's cost per
+    decision), not the slower attached form; attached stays one setting away and decides the same."""
+    from modelsmith.model_dir import Registry
+    from modelsmith_assets.model import engine_for
+    from resources.inference import InferenceSettings
+
+    registry = Registry(tmp_path)
+    base = registry.register(model_dir, "base")
+    version = registry.register(adapter_dir, "adapter", base=base.digest)
+    merged = engine_for(version, registry, InferenceSettings(device="cpu"))
+    attached = engine_for(version, registry, InferenceSettings(device="cpu", merge_adapters=False))
+    assert not any("lora" in name for name, _ in merged.model.named_modules())
+    assert attached.active == version.digest and any("lora" in name for name, _ in attached.model.named_modules())
+    np.testing.assert_allclose(merged.decide(rows).probabilities, attached.decide(rows).probabilities, atol=1e-5)
