@@ -260,3 +260,20 @@ def status_text(r: PinResult) -> str:
     """A pin's status with why: the reasons of a failure, the notes of an inconclusive or noted pin."""
     why = r.reasons if r.status == "failed" else r.notes
     return STATUS_MARK[r.status] + (f": {why}" if why else "")
+
+
+STATUS_ORDER = {"failed": 0, "inconclusive": 1, "ok": 2}
+
+
+def failing_first(results: list[PinResult]) -> list[PinResult]:
+    """Failed pins, then inconclusive ones, then the rest, each in pin-file order."""
+    return sorted(results, key=lambda r: STATUS_ORDER[r.status])
+
+
+def every_pin_sentence(results: list[PinResult]) -> str:
+    """One sentence: which pins fail and why, or that every pin holds."""
+    failed = [r for r in results if r.status == "failed"]
+    inconclusive = sum(r.status == "inconclusive" for r in results)
+    if not failed:
+        return f"every pin holds: {len(results) - inconclusive} ok, {inconclusive} inconclusive"
+    return f"{len(failed)} of {len(results)} pins fail: " + "; ".join(f"{r.pin} ({r.reasons})" for r in failed)

@@ -27,7 +27,9 @@ from modelsmith.evaluate import (
     results_frame,
     score_pins,
 )
-from modelsmith.model_dir import short
+from modelsmith.champion import read_champion
+from modelsmith.engines.inference import InferenceEngine
+from modelsmith.model_dir import ModelVersion, file_sha256, short
 from modelsmith.pins import PinSet
 
 
@@ -91,6 +93,31 @@ def pin(engine, labelled: pl.DataFrame, pins: PinSet, model_version: str, scenar
     policy_digest = labelled["policy_digest"][0] if labelled.height else ""
     return PinRun(model_version, policy_digest, scenarios_digest, preds, score_pins(pins, preds, reference),
                   decision_metrics(pins, preds), reference_name, datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+def labelled_auctions(home: Path) -> tuple[pl.DataFrame, str]:
+    """The replayed auctions with their labels (the `replayed_auctions` asset's file) and the file's SHA-256."""
+    path = Path(home) / "replayed_auctions" / "replayed_auctions.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: materialise replayed_auctions first")
+    return pl.read_parquet(path), file_sha256(path)
+
+
+def pin_version(home: Path, pins: PinSet, version: ModelVersion,
+                load: Callable[[ModelVersion], InferenceEngine]) -> tuple[PinRun, Path, str]:
+    """Pin one registered version on the replayed auctions against its reference, and store the run.
+
+    The reference is the champion's decisions for any other version, the champion's own last passing
+    run for the champion (`reference_for`). `load(version)` loads the version's engine as it would be
+    served (`resources.inference.InferenceSettings.load_version`). Returns (run, run directory, reference).
+    """
+    labelled, scenarios_digest = labelled_auctions(home)
+    champion = read_champion(home)
+    champion_digest = champion.model_version if champion else None
+    reference, reference_name = reference_for(home, version.digest, champion_digest, labelled)
+    engine = load(version)
+    run = pin(engine, labelled, pins, version.digest, scenarios_digest, reference, reference_name)
+    return run, store(home, run), reference_name
 
 
 def _slices(labelled: pl.DataFrame, engine, rows: int = 512) -> list[pl.DataFrame]:

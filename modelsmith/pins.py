@@ -21,6 +21,7 @@ writes one pin per vertical x inventory type with enough rows, which is what the
 
 import hashlib
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +178,11 @@ def _parse_pin(raw: Any, node: yaml.Node, defaults: dict[str, float], source: st
     if not isinstance(min_rows, int) or isinstance(min_rows, bool) or min_rows < 1:
         raise _err(source, line, name, "min_rows", f"must be a positive integer, got {min_rows!r}")
     return Pin(name.strip(), tuple(conditions), min_rows=min_rows, **values)
+
+
+def pins_file(path: str | Path | None = None) -> Path:
+    """The pin file a code location uses: `path`, else `MODELSMITH_PINS`, else the shipped pins."""
+    return Path(path or os.environ.get("MODELSMITH_PINS") or DEFAULT_PINS)
 
 
 def load_pins(path: str | Path | None = None) -> PinSet:

@@ -5,26 +5,35 @@ from pathlib import Path
 
 import dagster as dg
 
+from modelsmith.pins import pins_file
 from resources.critic import CriticSettings
 from resources.inference import InferenceSettings
 from resources.model import ModelSettings
+from resources.pins import PinSettings
 from resources.scenarios import ScenarioSettings
 from resources.signer import SignerSettings
 from resources.storage import LocalStorage, StorageEngine
 from resources.trainer import TrainerSettings
 
-__all__ = ["CriticSettings", "InferenceSettings", "LocalStorage", "ModelSettings", "ScenarioSettings", "SignerSettings",
-           "StorageEngine", "TrainerSettings", "resources_for"]
+__all__ = ["CriticSettings", "InferenceSettings", "LocalStorage", "ModelSettings", "PinSettings", "ScenarioSettings",
+           "SignerSettings", "StorageEngine", "TrainerSettings", "resources_for"]
 
 
-def resources_for(env: str, root: Path | None = None) -> dict[str, dg.ConfigurableResource]:
-    """Resources for `embedded` (the default: no network, no GPU, no secrets) or `production`."""
+def resources_for(env: str, root: Path | None = None,
+                  pins_path: str | None = None) -> dict[str, dg.ConfigurableResource]:
+    """Resources for `embedded` (the default: no network, no GPU, no secrets) or `production`.
+
+    `pins` is bound with its file resolved now (`pins_path`, else `MODELSMITH_PINS`, else the shipped pins): the
+    file `build_definitions` declares the pin checks from, whatever the environment of a later run.
+    """
+    pins = PinSettings(path=str(pins_file(pins_path)))
     if env == "embedded":
         return {"storage": LocalStorage(root=str(root) if root else ""), "scenarios": ScenarioSettings(),
                 # a user's own model directory works here too; empty builds the embedded default
                 "model": ModelSettings(base_model_dir=os.environ.get("MODELSMITH_BASE_MODEL", "")),
                 "inference": InferenceSettings(), "critic": CriticSettings(),
-                "signer": SignerSettings(key_dir=str(Path(root) / "keys") if root else ""), "trainer": TrainerSettings()}
+                "signer": SignerSettings(key_dir=str(Path(root) / "keys") if root else ""), "trainer": TrainerSettings(),
+                "pins": pins}
     if env == "production":
         return {
             "storage": LocalStorage(root=dg.EnvVar("MODELSMITH_HOME")),
@@ -40,5 +49,6 @@ def resources_for(env: str, root: Path | None = None) -> dict[str, dg.Configurab
                                      else ""),
             "signer": SignerSettings(key_dir=os.environ.get("MODELSMITH_KEY_DIR", "")),
             "trainer": TrainerSettings(),
+            "pins": pins,
         }
     raise ValueError(f"unknown MODELSMITH_ENV {env!r}; expected 'embedded' or 'production'")

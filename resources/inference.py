@@ -6,6 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from modelsmith.engines.inference import InferenceEngine, load_engine
+from modelsmith.model_dir import ModelVersion, Registry
 
 
 class InferenceSettings(dg.ConfigurableResource):
@@ -25,3 +26,23 @@ class InferenceSettings(dg.ConfigurableResource):
 
     def load(self, model_dir: str | Path) -> InferenceEngine:
         return load_engine(model_dir, self.engine, self.device, self.batch_size, self.threads)
+
+    def load_version(self, version: ModelVersion, registry: Registry) -> InferenceEngine:
+        """The engine that decides for one registered version, as it would be served.
+
+        An adapter version is merged into its base (`merge_adapters`, the default with the transformers
+        engine), so its pins judge the latency a bidder would see once it is promoted; otherwise it is
+        attached to its loaded base by digest and switched on. The candidate's accuracy is the merged
+        model's: the weights it would serve.
+        """
+        if version.kind == "base":
+            return self.load(version.path)
+        base = registry.get(version.base)
+        if self.merge_adapters and self.engine == "transformers":
+            from modelsmith.engines.inference import TransformersEngine
+
+            return TransformersEngine.merged(base.path, version.path, self.device, self.batch_size, self.threads)
+        engine = self.load(base.path)
+        engine.attach_adapter(version.digest, version.path)
+        engine.use(version.digest)
+        return engine

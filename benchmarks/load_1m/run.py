@@ -13,7 +13,7 @@ process's peak resident memory (ru_maxrss from `os.wait4`), nothing inherited fr
   the feature table, written as Parquet);
 - `label`: the active policy (v1) over the feature table, written as `replayed_auctions.parquet`
   (what `build_replay_set` does after ingestion, and what the `replayed_auctions` asset stores);
-- `pin`: what the `pin_results` asset does for the champion (`modelsmith_assets.model.pin_version`):
+- `pin`: what the `pin_results` asset does for the champion (`modelsmith.pin_runs.pin_version`):
   read the labelled Parquet, decide every row with the transformers engine (batch 64, one torch
   thread: `InferenceSettings`' defaults), score the shipped pins (`modelsmith.pin_runs.pin`) and
   store the run (`modelsmith.pin_runs.store`: predictions, metrics and decisions as Parquet).

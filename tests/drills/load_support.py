@@ -52,17 +52,15 @@ def build_drill_defs() -> dg.Definitions:
     not the recipe.
     """
     from modelsmith.home import modelsmith_home
-    from modelsmith.pins import load_pins
-    from modelsmith_assets.repair import build_repair_defs
+    from modelsmith_assets.repair import repair_assets
     from resources import TrainerSettings, resources_for
 
-    repair = build_repair_defs(load_pins())
     job = dg.define_asset_job(DRILL_JOB, selection=["adapter"],
                               executor_def=dg.in_process_executor,
                               description="The training link of a repair cycle (the load drill)")
     resources = resources_for("embedded", modelsmith_home()) | {
         "trainer": TrainerSettings(epochs=1, batch_size=16, heldout_fraction=0.2)}
-    return dg.Definitions(assets=repair.assets, jobs=[job], resources=resources)
+    return dg.Definitions(assets=repair_assets, jobs=[job], resources=resources)
 
 
 drill_defs = dg.definitions(build_drill_defs)  # what the workspace names (loaded lazily, in each process)

@@ -4,6 +4,7 @@ with the code location and the production instance (`dagster.yaml.example`)."""
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -64,18 +65,32 @@ def test_default_and_unknown_executor(monkeypatch):
         executor_for("slurm")
 
 
+STEP_TAGS = """
+import json, sys
+from modelsmith_assets.definitions import build_definitions
+defs = build_definitions()
+print(json.dumps({f"{job}/{step}": defs.resolve_job_def(job).graph.node_named(step).tags
+                  for job, step in json.loads(sys.argv[1])}))
+"""
+
+
 def test_training_and_pinning_steps_ask_for_a_gpu_node(monkeypatch):
+    """The selector is read when the code location loads (the assets are module-level), so a fresh process reads
+    it, as the webserver, the daemon and every run worker do."""
     selector = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
-    monkeypatch.setenv("MODELSMITH_GPU_NODE_SELECTOR", json.dumps(selector))
-    defs = build_definitions()
+    steps = [*sorted(GPU_STEPS), ("repair_cycle_job", "synthetic_dataset")]
+    env = {**os.environ, "MODELSMITH_GPU_NODE_SELECTOR": json.dumps(selector)}
+    done = subprocess.run([sys.executable, "-c", STEP_TAGS, json.dumps(steps)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    tags_of = json.loads(done.stdout.strip().splitlines()[-1])
     for job_name, step in GPU_STEPS:
-        tags = defs.resolve_job_def(job_name).graph.node_named(step).tags
+        tags = tags_of[f"{job_name}/{step}"]
         k8s = json.loads(tags["dagster-k8s/config"])  # Dagster stores non-string tag values as JSON
         assert k8s["pod_spec_config"]["node_selector"] == selector
         assert k8s["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert tags["dagster-celery/queue"] == "gpu"
-    cpu_step = defs.resolve_job_def("repair_cycle_job").graph.node_named("synthetic_dataset").tags
-    assert "dagster-k8s/config" not in cpu_step
+    assert "dagster-k8s/config" not in tags_of["repair_cycle_job/synthetic_dataset"]
     monkeypatch.setenv("MODELSMITH_GPU_NODE_SELECTOR", "[1, 2]")
     with pytest.raises(ExecutorChoiceError, match="JSON object of strings"):
         gpu_step_tags()

@@ -7,24 +7,25 @@ import pytest
 
 from modelsmith.model_dir import Registry, short
 from modelsmith.champion import read_champion
-from modelsmith.pins import parse_pins
-from modelsmith_assets.model import build_model_defs
+from modelsmith_assets.model import model_defs
 from modelsmith_assets.scenarios import policy, replayed_auctions, scenario_pack
-from resources import InferenceSettings, LocalStorage, ModelSettings, ScenarioSettings, SignerSettings
+from resources import InferenceSettings, LocalStorage, ModelSettings, PinSettings, ScenarioSettings, SignerSettings
 from tests.unit.model.test_inference import adapter_dir, model_dir, rows  # noqa: F401  (fixtures)
 
-PINS = parse_pins("defaults: {accuracy_floor: 0.0, latency_p99_ms: 100000}\n"
-                  "pins:\n  - {name: all}\n  - {name: games, where: {vertical: Video Gaming}}\n"
-                  "  - {name: impossible, where: {vertical: Video Gaming}, accuracy_floor: 1.0}\n")
+PINS = ("defaults: {accuracy_floor: 0.0, latency_p99_ms: 100000}\n"
+        "pins:\n  - {name: all}\n  - {name: games, where: {vertical: Video Gaming}}\n"
+        "  - {name: impossible, where: {vertical: Video Gaming}, accuracy_floor: 1.0}\n")
 
 
 def test_a_user_directory_is_the_base_model_and_an_adapter_is_pinned_on_it(model_dir, adapter_dir, tmp_path):  # noqa: F811
     home = tmp_path / "home"
-    stage = build_model_defs(PINS, deps=[replayed_auctions])
+    (tmp_path / "pins.yaml").write_text(PINS)
+    pins = PinSettings(path=str(tmp_path / "pins.yaml"))
+    stage = model_defs(pins.load())  # the checks and the runs read one file, as in the code location
     assets = [policy, scenario_pack, replayed_auctions, *stage.assets]
     resources = {"storage": LocalStorage(root=str(home)), "scenarios": ScenarioSettings(pack_size=300),
                  "model": ModelSettings(base_model_dir=str(model_dir)), "inference": InferenceSettings(batch_size=32),
-                 "signer": SignerSettings(key_dir=str(home / "keys"))}
+                 "signer": SignerSettings(key_dir=str(home / "keys")), "pins": pins}
     instance = dg.DagsterInstance.ephemeral()
     first = dg.materialize(assets, selection=["policy", "scenario_pack", "replayed_auctions", "base_model"],
                            resources=resources, instance=instance)

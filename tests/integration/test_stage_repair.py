@@ -13,10 +13,9 @@ import polars as pl
 import pytest
 
 from modelsmith.cycles import CYCLES, open_cycle
-from modelsmith.pins import load_pins
 from modelsmith.prompt import PROMPT_COLUMNS
-from modelsmith_assets.repair import build_repair_defs
-from resources import CriticSettings, LocalStorage
+from modelsmith_assets.repair import diagnosis
+from resources import CriticSettings, LocalStorage, PinSettings
 from scenario_data.generator import generate_requests, label_requests
 from scenario_data.policy import DECISIONS, shipped_policy
 from tests.support.fake_anthropic import FakeAnthropic, api_key, server_error, tool_use
@@ -45,9 +44,8 @@ def cycle(tmp_path):
 
 
 def _diagnose(home, key, instance, critic: CriticSettings):
-    diagnosis = next(a for a in build_repair_defs(load_pins()).assets if a.key == dg.AssetKey("diagnosis"))
-    result = dg.materialize([diagnosis], partition_key=key, instance=instance,
-                            resources={"storage": LocalStorage(root=str(home)), "critic": critic})
+    resources = {"storage": LocalStorage(root=str(home)), "critic": critic, "pins": PinSettings()}
+    result = dg.materialize([diagnosis], partition_key=key, instance=instance, resources=resources)
     return result.asset_materializations_for_node("diagnosis")[0].metadata, json.loads(
         (home / "cycles" / key / "diagnosis.json").read_text())
 

@@ -100,14 +100,13 @@ def test_an_adapter_version_is_pinned_merged_as_it_is_served(tmp_path, model_dir
     """A candidate's pins judge the weights a promoted adapter is served with (merged: the base's cost per
     decision), not the slower attached form; attached stays one setting away and decides the same."""
     from modelsmith.model_dir import Registry
-    from modelsmith_assets.model import engine_for
     from resources.inference import InferenceSettings
 
     registry = Registry(tmp_path)
     base = registry.register(model_dir, "base")
     version = registry.register(adapter_dir, "adapter", base=base.digest)
-    merged = engine_for(version, registry, InferenceSettings(device="cpu"))
-    attached = engine_for(version, registry, InferenceSettings(device="cpu", merge_adapters=False))
+    merged = InferenceSettings(device="cpu").load_version(version, registry)
+    attached = InferenceSettings(device="cpu", merge_adapters=False).load_version(version, registry)
     assert not any("lora" in name for name, _ in merged.model.named_modules())
     assert attached.active == version.digest and any("lora" in name for name, _ in attached.model.named_modules())
     np.testing.assert_allclose(merged.decide(rows).probabilities, attached.decide(rows).probabilities, atol=1e-5)
