@@ -99,6 +99,7 @@ def _unseen_metadata(unseen: dict) -> dict:
     return out
 
 
+# The `pin_results` asset's body; `pin_results_with_checks` (below) makes it the asset, with a check per pin.
 def pin_results(context: dg.AssetExecutionContext, inference: InferenceSettings, storage: StorageEngine,
                 pins: PinSettings):
     """Every replayed auction decided by this model version; per-pin metrics and the paired test."""
