@@ -53,10 +53,9 @@ class SftSettings:
     warmup_steps: int = 5
     seed: int = 0
     heldout_fraction: float = 0.1
-    # Stop after this many epochs in a row without progress (None: train every epoch): no better kept
-    # epoch and no better held-out target (`out_of_patience`), once an epoch has kept the other rows
-    # within `collateral_tolerance`: until then every epoch runs, since the lower learning rates of
-    # later epochs are what bring the collateral back.
+    # Stop after this many epochs in a row without a better held-out score (None: train every epoch),
+    # once an epoch has kept the other rows within `collateral_tolerance`: until then every epoch
+    # runs, since the lower learning rates of later epochs are what bring the collateral back.
     # The kept epoch's weights do not depend on it (the schedule is fixed by `epochs`); only a better
     # epoch later than that would be missed.
     patience: int | None = 3
@@ -231,21 +230,6 @@ def _grpo(model, tokenizer, train_rows: pl.DataFrame, settings: GrpoSettings, se
     return trainer.model
 
 
-def out_of_patience(history: list[dict], kept_epoch: int, patience: int | None) -> bool:
-    """Whether `patience` epochs in a row have brought no progress, once some epoch kept the other rows within
-    the collateral tolerance. Progress is a new kept epoch or a better held-out target at any collateral: a
-    target still rising while the other rows are outside the tolerance is learning, and the lower learning
-    rates of later epochs are what bring the other rows back (travel_tablet: epoch 1 within it at target 0.35,
-    epochs 2-4 rising to 0.955 outside it; stopping there kept epoch 1 and repaired nothing)."""
-    if patience is None or not any(h["collateral_ok"] for h in history):
-        return False
-    progress, target = kept_epoch, float("-inf")
-    for h in history:
-        if h.get("target", 0.0) > target:
-            progress, target = max(progress, h["epoch"]), h.get("target", 0.0)
-    return history[-1]["epoch"] - progress >= patience
-
-
 def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: AdapterRecipe | None = None,
                   log: Callable[[str], None] = print, about: dict | None = None,
                   sign: Callable[[Path], object] | None = None) -> dict:
@@ -308,7 +292,8 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
             if score > best["score"]:
                 best.update(score=score, epoch=round(state.epoch or 0), accuracy=acc,
                             weights={k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()})
-            if out_of_patience(history, best["epoch"], sft.patience):
+            elif (sft.patience is not None and best["score"][0]
+                  and round(state.epoch or 0) - best["epoch"] >= sft.patience):
                 log(f"sft: no better held-out score for {sft.patience} epochs after epoch {best['epoch']}; stopping")
                 control.should_training_stop = True
 
