@@ -20,8 +20,8 @@ class CriticSettings(dg.ConfigurableResource):
     timeout_s: float = Field(30.0, gt=0, le=3_600, allow_inf_nan=False,
                              description="Timeout of one request, in seconds")
     max_training_rows: int | None = Field(
-        8_000, ge=1_000, description="The statistical critic's budget of training rows (target + replay) per "
-        "cycle: SFT time is rows times epochs. None: as many as the failures ask for")
+        None, ge=1_000, description="The statistical critic's budget of training rows (target + replay) per "
+        "cycle: SFT time is rows times epochs. None (the default): as many as the failures ask for")
 
     def build(self) -> Critic:
         from modelsmith.statistical_critic import StatisticalCritic

@@ -247,8 +247,8 @@ def test_settings_build_the_chosen_critic() -> None:
     from modelsmith.statistical_critic import StatisticalCritic
 
     built = CriticSettings().build()
-    assert isinstance(built, StatisticalCritic) and built.max_training_rows == 8_000  # the default budget
-    assert CriticSettings(max_training_rows=None).build().max_training_rows is None
+    assert isinstance(built, StatisticalCritic) and built.max_training_rows is None  # no budget by default
+    assert CriticSettings(max_training_rows=8_000).build().max_training_rows == 8_000
     with pytest.raises(ValueError, match="max_training_rows"):  # pydantic's ValidationError
         CriticSettings(max_training_rows=10)
     settings = CriticSettings(critic="claude", api_key=KEY, base_url="http://127.0.0.1:9", max_retries=1, timeout_s=2,

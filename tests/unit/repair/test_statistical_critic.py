@@ -160,9 +160,9 @@ def test_the_training_rows_stay_within_the_cycles_budget_but_not_below_a_floor_p
     traces = _threshold_traces(pins)
     regressed = [{"pin": n, "rows": 100, "drop": 0.05 + i / 100, "p_value": 1e-6} for i, n in enumerate(pins)]
     inp = CriticInput("c3", "m" * 64, "p" * 64, regressed, pins, traces)
-    unbounded = StatisticalCritic(rows_per_failure=100, max_training_rows=None).diagnose(inp).synthesis
+    unbounded = StatisticalCritic(rows_per_failure=100).diagnose(inp).synthesis  # the default: no budget
     assert unbounded.rows == 4_000 and unbounded.replay_ratio == 3.0  # 16,000 rows in all
-    bounded = StatisticalCritic(rows_per_failure=100).diagnose(inp).synthesis  # the default budget: 8,000 rows
+    bounded = StatisticalCritic(rows_per_failure=100, max_training_rows=8_000).diagnose(inp).synthesis
     assert bounded.replay_ratio == 3.0 and bounded.rows == 2_000  # 8,000 in all
     assert bounded.filters == unbounded.filters and bounded.segment == unbounded.segment
     floored = StatisticalCritic(rows_per_failure=100, max_training_rows=8_000,
