@@ -73,8 +73,9 @@ class StatisticalCritic:
         # A cause found in some segments (a vertical's tablets) is taught with twice the replay: with 1.5,
         # the adapter learnt the cause in a vertical no pin asked for (measured on the travel_tablet drift).
         self.segments_replay_ratio = segments_replay_ratio
-        # An optional time budget (None, the default: none; the README says why it is off): SFT time is rows (target + replay) times epochs, and 14,400 rows (a cause
-        # in 8 segments, three replay rows per target row) took 10 epochs of 18.5 s on 2 cores, a 254 s cycle.
+        # An optional time budget (None, the default: none; the README says why it is off): SFT time is rows
+        # (target + replay) times epochs, and 14,400 rows (a cause in 8 segments, three replay rows per target
+        # row) took 10 epochs of 18.5 s on 2 cores, a 254 s cycle.
         # The replay ratio is kept (it protects the other segments); the target rows give way, never below
         # `min_rows_per_segment` per regressed segment: 53 rows each for 38 segments left SFT unsettled and the
         # candidate 12 points worse everywhere (measured on threshold_high_floor; the README has the suite).

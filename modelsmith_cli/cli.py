@@ -265,7 +265,7 @@ def pins_run(model_dir: Path, adapter_dir: Path | None, policy_path: str, scenar
     from modelsmith.model_dir import directory_digest
     from modelsmith.pin_runs import pin
     from modelsmith.pins import load_pins
-    from modelsmith.engines.inference import load_engine
+    from modelsmith.engines.inference import load_engine, load_with_adapter
 
     pinset = load_pins(pins_path)
     labelled = _labelled(scenario_file, _policy(policy_path))
@@ -277,15 +277,10 @@ def pins_run(model_dir: Path, adapter_dir: Path | None, policy_path: str, scenar
         reference_name = f"{against_dir} ({directory_digest(against_dir)[:16]})"
         del other
     version = directory_digest(model_dir if adapter_dir is None else adapter_dir)
-    if adapter_dir is not None and engine == "transformers":  # merged, as it is served (InferenceSettings.merge_adapters)
-        from modelsmith.engines.inference import TransformersEngine
-
-        eng = _checked(lambda: TransformersEngine.merged(model_dir, adapter_dir, batch_size=batch_size))
-    else:
+    if adapter_dir is None:
         eng = _checked(lambda: load_engine(model_dir, engine, batch_size=batch_size))
-        if adapter_dir is not None:
-            eng.attach_adapter(version, adapter_dir)
-            eng.use(version)
+    else:  # as it is served: merged with the transformers engine (InferenceSettings.merge_adapters)
+        eng = _checked(lambda: load_with_adapter(model_dir, adapter_dir, version, engine, batch_size=batch_size))
     with _progress("decide", " rows", total=labelled.height, quiet=as_json) as progress:
         run = pin(eng, labelled, pinset, version, _file_digest(scenario_file), reference, reference_name, progress)
     if as_json:

@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from modelsmith.engines.inference import InferenceEngine, load_engine
+from modelsmith.engines.inference import InferenceEngine, load_engine, load_with_adapter
 from modelsmith.model_dir import ModelVersion, Registry
 
 
@@ -37,12 +37,5 @@ class InferenceSettings(dg.ConfigurableResource):
         """
         if version.kind == "base":
             return self.load(version.path)
-        base = registry.get(version.base)
-        if self.merge_adapters and self.engine == "transformers":
-            from modelsmith.engines.inference import TransformersEngine
-
-            return TransformersEngine.merged(base.path, version.path, self.device, self.batch_size, self.threads)
-        engine = self.load(base.path)
-        engine.attach_adapter(version.digest, version.path)
-        engine.use(version.digest)
-        return engine
+        return load_with_adapter(registry.get(version.base).path, version.path, version.digest, self.engine,
+                                 self.device, self.batch_size, self.threads, merge=self.merge_adapters)

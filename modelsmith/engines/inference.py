@@ -277,3 +277,15 @@ def load_engine(model_dir: str | Path, engine: str = "transformers", device: str
     if engine == "vllm":
         return VllmEngine(model_dir, batch_size=batch_size)
     raise ValueError(f"unknown inference engine {engine!r}; expected 'transformers' or 'vllm'")
+
+
+def load_with_adapter(model_dir: str | Path, adapter_dir: str | Path, digest: str, engine: str = "transformers",
+                      device: str = "auto", batch_size: int = 4, threads: int = 1, merge: bool = True) -> InferenceEngine:
+    """A base with one adapter, as it is served: merged into the weights (`merge`, transformers engine), so a
+    decision costs what the base's costs; otherwise attached under `digest` and switched on (hot-swappable)."""
+    if merge and engine == "transformers":
+        return TransformersEngine.merged(model_dir, adapter_dir, device, batch_size, threads)
+    loaded = load_engine(model_dir, engine, device, batch_size, threads)
+    loaded.attach_adapter(digest, adapter_dir)
+    loaded.use(digest)
+    return loaded
