@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from modelsmith.champion import Champion, read_champion, write_champion
+from modelsmith.store import Home
 
 GENESIS = "0" * 64
 MOVES = ("bootstrap", "approve", "rollback")  # actions that set the champion
@@ -22,7 +23,7 @@ REFUSED = "refused"  # a decision the gate refused: recorded, moves nothing
 
 
 def audit_path(home: Path) -> Path:
-    return Path(home) / "audit.jsonl"
+    return Home(home).audit_log
 
 
 def _canonical(obj: dict) -> bytes:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from modelsmith.atomic import write_text
+from modelsmith.store import Home
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class Champion:
 
 
 def champion_path(home: Path) -> Path:
-    return Path(home) / "champion.json"
+    return Home(home).champion
 
 
 def read_champion(home: Path) -> Champion | None:

@@ -9,17 +9,36 @@ the cycle id, so one regression opens one cycle however often it is seen. To rep
 
 import hashlib
 import json
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from modelsmith.atomic import write_text
 from modelsmith.model_dir import short
+from modelsmith.store import Home
 
 CYCLES = "repair_cycles"
 
 
+@dataclass(frozen=True)
+class CycleRecord:
+    """`cycle.json`: what regressed, in which version, judged by which policy on which pin run."""
+
+    cycle: str
+    opened: str  # ISO 8601, UTC: the cycle time counts from here
+    model_version: str  # the champion's digest
+    policy_digest: str
+    scenarios_digest: str
+    run_dir: str  # the champion's regressed pin run
+    regressed: list[str]  # pin names
+    report: list[dict]  # the regression report's entries for those pins, without their failing row ids
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
 def cycle_dir(home: Path, cycle: str) -> Path:
-    return Path(home) / "cycles" / cycle
+    return Home(home).cycle(cycle).dir
 
 
 def cycle_id(report: dict) -> str:
@@ -33,19 +52,19 @@ def open_cycle(home: Path, report: dict) -> str:
     if not report["regressed"]:
         raise ValueError(f"the report of {short(report['model_version'])} has no regressed pin: nothing to repair")
     key = cycle_id(report)
-    path = cycle_dir(home, key) / "cycle.json"
+    path = Home(home).cycle(key).record
     if not path.exists():
-        record = {"cycle": key, "opened": datetime.now(UTC).isoformat(timespec="seconds"),
-                  "model_version": report["model_version"], "policy_digest": report["policy_digest"],
-                  "scenarios_digest": report["scenarios_digest"], "run_dir": report["run_dir"],
-                  "regressed": [p["pin"] for p in report["regressed"]],
-                  "report": [{k: v for k, v in p.items() if k != "failing_row_ids"} for p in report["regressed"]]}
-        write_text(path, json.dumps(record, indent=2))
+        record = CycleRecord(
+            cycle=key, opened=datetime.now(UTC).isoformat(timespec="seconds"), model_version=report["model_version"],
+            policy_digest=report["policy_digest"], scenarios_digest=report["scenarios_digest"],
+            run_dir=report["run_dir"], regressed=[p["pin"] for p in report["regressed"]],
+            report=[{k: v for k, v in p.items() if k != "failing_row_ids"} for p in report["regressed"]])
+        write_text(path, json.dumps(record.as_dict(), indent=2))
     return key
 
 
-def read_cycle(home: Path, cycle: str) -> dict:
-    path = cycle_dir(home, cycle) / "cycle.json"
+def read_cycle(home: Path, cycle: str) -> CycleRecord:
+    path = Home(home).cycle(cycle).record
     if not path.is_file():
         raise FileNotFoundError(f"no repair cycle {cycle!r} ({path} missing); cycles are opened for regressed pins")
-    return json.loads(path.read_text())
+    return CycleRecord(**json.loads(path.read_text()))

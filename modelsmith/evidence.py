@@ -21,7 +21,10 @@ from pathlib import Path
 
 import polars as pl
 
+from modelsmith.attest import BUNDLE_FILE
+from modelsmith.cycles import CycleRecord, read_cycle
 from modelsmith.model_dir import Registry, directory_digest, file_sha256, short
+from modelsmith.store import Home, read_json
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("dagster", "torch", "transformers", "peft", "trl", "polars", "duckdb", "great-expectations", "cryptography",
@@ -69,20 +72,20 @@ def _hardware() -> dict:
     return info
 
 
-def integrity(home: Path, cycle: dict, adapter: dict, run_ids: dict[str, str], started: str) -> dict:
+def integrity(home: Path, cycle: CycleRecord, adapter: dict, run_ids: dict[str, str], started: str) -> dict:
     registry = Registry(home)
-    champion = registry.get(cycle["model_version"])
+    champion = registry.get(cycle.model_version)
     base = registry.get(champion.base) if champion.kind == "adapter" else champion
-    dataset = Path(home) / "datasets" / cycle["cycle"]
-    lineage = json.loads((dataset / "lineage.json").read_text())
+    dataset = Home(home).dataset(cycle.cycle)
+    lineage = read_json(dataset.lineage)
     return {
         "code": code_revision(), "packages": _versions(),
         "python": sys.version.split()[0], "platform": platform.platform(), "hardware": _hardware(),
-        "dagster_runs": run_ids, "cycle": cycle["cycle"],
+        "dagster_runs": run_ids, "cycle": cycle.cycle,
         "digests": {"base_model": base.digest, "champion": champion.digest, "adapter": adapter["model_version"],
                     "adapter_files": directory_digest(Path(adapter["path"])),
-                    "dataset_rows": file_sha256(dataset / "rows.parquet"), "dataset_merkle_root": lineage["root"],
-                    "policy": cycle["policy_digest"], "scenarios": cycle["scenarios_digest"]},
+                    "dataset_rows": file_sha256(dataset.rows), "dataset_merkle_root": lineage["root"],
+                    "policy": cycle.policy_digest, "scenarios": cycle.scenarios_digest},
         "started": started, "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "model_signature": _model_signature(adapter),
     }
@@ -240,14 +243,14 @@ Failures need evidence: p-values are Holm-adjusted across the run's pins at the 
 """
 
 
-def predicates(home: Path, cycle: dict, diagnosis: dict, delta: dict, adapter: dict, candidate_run: dict,
+def predicates(home: Path, cycle: CycleRecord, diagnosis: dict, delta: dict, adapter: dict, candidate_run: dict,
                lineage: dict, integrity_record: dict) -> list[tuple[str, str, dict]]:
     runs = integrity_record["dagster_runs"]
     code = integrity_record["code"]
     code_dep = {"uri": f"git+modelsmith@{code['revision']}", "digest": {"gitCommit": code["revision"]},
                 "annotations": {"dirty": code["dirty"]}}
-    policy = json.loads((Path(home) / "policies" / f"{cycle['policy_digest']}.json").read_text())
-    policy_dep = {"uri": f"file://{policy['path']}", "digest": {"sha256": cycle["policy_digest"]}, "name": "policy"}
+    policy = read_json(Home(home).policy_record(cycle.policy_digest))
+    policy_dep = {"uri": f"file://{policy['path']}", "digest": {"sha256": cycle.policy_digest}, "name": "policy"}
     registry = Registry(home)
     base = registry.get(registry.get(adapter["model_version"]).base)
 
@@ -271,7 +274,7 @@ def predicates(home: Path, cycle: dict, diagnosis: dict, delta: dict, adapter: d
         ("dataset_provenance", SLSA_PROVENANCE, {
             "buildDefinition": {
                 "buildType": "https://modelsmith.dev/synthetic-dataset/v1",
-                "externalParameters": {"cycle": cycle["cycle"], "synthesis": diagnosis["synthesis"],
+                "externalParameters": {"cycle": cycle.cycle, "synthesis": diagnosis["synthesis"],
                                        "generator_seed": lineage["generator_seed"]},
                 "internalParameters": {"diagnosis_digest": lineage["diagnosis_digest"]},
                 "resolvedDependencies": [policy_dep, code_dep]},
@@ -285,7 +288,7 @@ def predicates(home: Path, cycle: dict, diagnosis: dict, delta: dict, adapter: d
                                        "grpo": adapter["grpo"], "precision": adapter.get("precision", "")},
                 "resolvedDependencies": [
                     {"uri": f"file://{base.path}", "digest": {"sha256": base.digest}, "name": "base_model"},
-                    {"uri": f"file://{Path(home) / 'datasets' / cycle['cycle'] / 'rows.parquet'}",
+                    {"uri": f"file://{Home(home).dataset(cycle.cycle).rows}",
                      "digest": {"sha256": integrity_record["digests"]["dataset_rows"]}, "name": "dataset"},
                     policy_dep, code_dep]},
             "runDetails": run_details("adapter")}),
@@ -298,16 +301,16 @@ def cycle_bundle_dirs(home: Path, cycle_key: str) -> list[Path]:
     A bundle is immutable once written, so a re-run cycle (a backfill of `repair_cycle_job`) writes
     the next attempt beside the earlier ones instead of replacing what a reviewer may have read.
     """
-    root = Path(home) / "bundles"
+    root = Home(home).bundles
     attempts = [(1, root / cycle_key)] + [
         (int(p.name.rsplit(".", 1)[1]), p) for p in root.glob(f"{cycle_key}.*")
         if p.is_dir() and p.name.rsplit(".", 1)[1].isdigit()]
-    return [p for _, p in sorted(attempts) if (p / "bundle.dsse.json").is_file()]
+    return [p for _, p in sorted(attempts) if (p / BUNDLE_FILE).is_file()]
 
 
 def next_bundle_dir(home: Path, cycle_key: str) -> Path:
     """`bundles/<cycle>` for the first bundle, else one past the highest attempt present in any form."""
-    root = Path(home) / "bundles"
+    root = Home(home).bundles
     if not (root / cycle_key).exists() and not (root / f"{cycle_key}.tar").exists():
         return root / cycle_key
     taken = [int(n) for p in root.glob(f"{cycle_key}.*")
@@ -321,29 +324,28 @@ def assemble(home: Path, cycle_key: str, run_ids: dict[str, str], started: str, 
     Returns (the written bundle, the report's plots as (title, SVG)): the UI shows the same plots.
     """
     from modelsmith.attest import write_bundle, write_tar
-    from modelsmith.cycles import cycle_dir, read_cycle
     from modelsmith.pin_runs import history
     from modelsmith.review import build_review
 
     home = Path(home)
-    cdir = cycle_dir(home, cycle_key)
+    cdir = Home(home).cycle(cycle_key)
     cycle = read_cycle(home, cycle_key)
-    diagnosis = json.loads((cdir / "diagnosis.json").read_text())
-    delta = json.loads((cdir / "benchmark_delta.json").read_text())
-    adapter = json.loads((cdir / "adapter.json").read_text())
-    candidate_run = json.loads((cdir / "candidate_pins.json").read_text())
-    lineage_path = home / "datasets" / cycle_key / "lineage.json"
-    lineage = json.loads(lineage_path.read_text())
+    diagnosis = read_json(cdir.diagnosis)
+    delta = read_json(cdir.delta)
+    adapter = read_json(cdir.adapter)
+    candidate_run = read_json(cdir.candidate_pins)
+    lineage_path = Home(home).dataset(cycle_key).lineage
+    lineage = read_json(lineage_path)
     record = integrity(home, cycle, adapter, run_ids, started)
     hist = history(home)
     hist = hist.filter(pl.col("pin").is_in(delta["targets"])) if hist.height else hist
     plots = report_plots(delta, hist)
     files = {
-        "failure_trace.parquet": cdir / "failure_traces.parquet",
+        "failure_trace.parquet": cdir.failure_traces,
         "diagnosis.json": json.dumps(diagnosis, indent=2, sort_keys=True).encode(),
         "diagnosis.md": diagnosis_markdown(diagnosis).encode(),
         "dataset_lineage.json": lineage_path,
-        "benchmark_delta.parquet": cdir / "benchmark_delta.parquet",
+        "benchmark_delta.parquet": cdir.delta_table,
         "benchmark_delta.md": delta_markdown(delta).encode(),
         "integrity.json": json.dumps(record, indent=2, sort_keys=True).encode(),
         "report.html": report_html(delta, diagnosis, plots, record,
@@ -352,7 +354,7 @@ def assemble(home: Path, cycle_key: str, run_ids: dict[str, str], started: str, 
     if adapter.get("model_signature"):
         files[MODEL_SIGNING_KEY_FILE] = Path(adapter["model_signature"]["public_key"])
     summary = {"cycle": cycle_key, "candidate": delta["candidate"], "champion": delta["champion"],
-               "policy_digest": cycle["policy_digest"], "targets": delta["targets"],
+               "policy_digest": cycle.policy_digest, "targets": delta["targets"],
                "repaired": delta["repaired"], "flagged": delta["flagged"],
                "offer_for_promotion": delta["offer_for_promotion"],
                "candidate_passed_every_pin": not candidate_run["failed"], "created": record["finished"]}

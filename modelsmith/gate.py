@@ -20,8 +20,10 @@ from pathlib import Path
 
 from modelsmith import audit
 from modelsmith.atomic import write_bytes, write_text
+from modelsmith.attest import BUNDLE_FILE
 from modelsmith.model_dir import Registry, file_sha256, short
 from modelsmith.champion import read_champion, write_champion
+from modelsmith.store import Home
 
 DECISIONS = ("approve", "reject", "rollback")
 VSA = "https://slsa.dev/verification_summary/v1"
@@ -45,7 +47,7 @@ class Decision:
 def bundles(home: Path) -> list[tuple[str, Path]]:
     """(digest, directory) of every bundle in the home, newest first."""
     found = []
-    for envelope in Path(home).glob("bundles/*/bundle.dsse.json"):
+    for envelope in Home(home).bundles.glob(f"*/{BUNDLE_FILE}"):
         if envelope.parent.name.startswith("."):  # a bundle still being written (or left by a killed writer)
             continue
         found.append((envelope.stat().st_mtime, file_sha256(envelope), envelope.parent))
@@ -53,7 +55,7 @@ def bundles(home: Path) -> list[tuple[str, Path]]:
 
 
 def decision_path(home: Path, digest: str) -> Path:
-    return Path(home) / "decisions" / f"{digest}.json"
+    return Home(home).decisions / f"{digest}.json"
 
 
 def decided(home: Path, digest: str) -> dict | None:
@@ -89,7 +91,7 @@ def _summary_unverified(bundle_dir: Path) -> dict:
     import base64
 
     try:
-        envelope = json.loads((bundle_dir / "bundle.dsse.json").read_text())
+        envelope = json.loads((bundle_dir / BUNDLE_FILE).read_text())
         predicate = json.loads(base64.b64decode(envelope["payload"]))["predicate"]
     except (OSError, ValueError, KeyError, TypeError, RecursionError):  # any unreadable file: nothing to pre-fill
         return {}
@@ -171,8 +173,8 @@ def _decide(home: Path, decision: Decision, signer, run_id: str) -> dict:
             raise GateError(f"bundle {digest[:16]} does not verify: " + "; ".join(report.errors))
         if report.digest != digest:
             raise GateError(f"bundle_digest: the bundle verifies as {report.digest}, not {digest}")
-        summary = report.statements["bundle.dsse.json"]["predicate"]
-        subject = {"name": "bundle.dsse.json", "digest": {"sha256": digest}}
+        summary = report.statements[BUNDLE_FILE]["predicate"]
+        subject = {"name": BUNDLE_FILE, "digest": {"sha256": digest}}
         target = summary["candidate"] if decision.decision == "approve" else before
         if decision.decision == "approve":
             if summary["champion"] != before:
@@ -188,14 +190,14 @@ def _decide(home: Path, decision: Decision, signer, run_id: str) -> dict:
         "resourceUri": str(bundle_dir) if bundle_dir else f"modelsmith:model_version/{short(target)}",
         "policy": {"uri": f"modelsmith:policy/{summary.get('policy_digest', '')}",
                    "digest": {"sha256": summary.get("policy_digest", "")}},
-        "inputAttestations": [{"uri": "bundle.dsse.json", "digest": {"sha256": digest}}] if bundle_dir else [],
+        "inputAttestations": [{"uri": BUNDLE_FILE, "digest": {"sha256": digest}}] if bundle_dir else [],
         "verificationResult": "FAILED" if decision.decision == "reject" else "PASSED",
         "verifiedLevels": [],
         "modelsmith": {"approver": decision.approver, "decision": decision.decision, "note": decision.note,
                        "champion_before": before, "champion_after": target, "dagster_run_id": run_id, **identity},
     }
     envelope = sign_statement(statement([subject], VSA, predicate), signer)
-    out = Path(home) / "decisions"
+    out = Home(home).decisions
     write_bytes(out / f"{digest}.dsse.json", envelope)
     record = {**{k: v for k, v in asdict(decision).items() if k != "signature"}, **identity,
               "bundle_digest": digest if bundle_dir else "", "at": now,

@@ -26,9 +26,8 @@ import polars as pl
 
 from modelsmith.atomic import write_text, write_with
 from modelsmith.engines.signer import Ed25519Signer, key_id_for, verify
+from modelsmith.store import DatasetFiles, Home
 
-LINEAGE_FILE = "lineage.json"
-DIGESTS_FILE = "row_digests.parquet"
 KIND = "modelsmith.lineage/v1"
 
 
@@ -182,15 +181,15 @@ def write_lineage(dataset_dir: Path, rows: list[dict[str, Any]], lineage: Lineag
     digests = [row_digest(r) for r in rows]
     if len(rows) != lineage.rows or merkle_root(_leaves(digests)).hex() != lineage.root:
         raise ValueError("these rows are not the rows the lineage was built from (row count or Merkle root differs)")
-    dataset_dir = Path(dataset_dir)
-    write_text(dataset_dir / LINEAGE_FILE, json.dumps(lineage.as_dict(), indent=2, sort_keys=True) + "\n")
+    files = DatasetFiles(Path(dataset_dir))
+    write_text(files.lineage, json.dumps(lineage.as_dict(), indent=2, sort_keys=True) + "\n")
     frame = pl.DataFrame({"row_id": ids, "index": list(range(len(rows))), "digest": digests},
                          schema={"row_id": pl.String, "index": pl.Int64, "digest": pl.String})
-    write_with(dataset_dir / DIGESTS_FILE, lambda tmp: frame.write_parquet(tmp))
+    write_with(files.row_digests, lambda tmp: frame.write_parquet(tmp))
 
 
 def read_lineage(dataset_dir: Path) -> Lineage:
-    return Lineage.from_dict(json.loads((Path(dataset_dir) / LINEAGE_FILE).read_text(encoding="utf-8")))
+    return Lineage.from_dict(json.loads(DatasetFiles(Path(dataset_dir)).lineage.read_text(encoding="utf-8")))
 
 
 def prove(home: Path, row_id: str, cycle: str | None = None) -> dict[str, Any]:
@@ -200,8 +199,9 @@ def prove(home: Path, row_id: str, cycle: str | None = None) -> dict[str, Any]:
     `verified` is true only when the proof reaches the signed root and the signature verifies with
     the public key in lineage.json. A tampered digest file gives a proof that reaches another root.
     """
-    base = Path(home) / "datasets"
-    files = sorted(base.glob(f"{cycle if cycle is not None else '*'}/{DIGESTS_FILE}"))
+    base = Home(home).datasets
+    found = [DatasetFiles(d).row_digests for d in sorted(base.glob(cycle if cycle is not None else "*"))]
+    files = [f for f in found if f.is_file()]
     for path in files:
         digests = pl.read_parquet(path).sort("index").with_row_index("position")
         hit = digests.filter(pl.col("row_id") == row_id)
@@ -209,7 +209,7 @@ def prove(home: Path, row_id: str, cycle: str | None = None) -> dict[str, Any]:
             break
     else:
         where = f"{base}/{cycle}" if cycle is not None else f"{base}/*"
-        raise LookupError(f"row {row_id!r} is in no dataset: searched {len(files)} {DIGESTS_FILE} file(s) "
+        raise LookupError(f"row {row_id!r} is in no dataset: searched {len(files)} {DatasetFiles(base).row_digests.name} file(s) "
                           f"under {where}")
     lineage = read_lineage(path.parent)
     index = int(hit["position"][0])

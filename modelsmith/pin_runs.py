@@ -31,6 +31,7 @@ from modelsmith.champion import read_champion
 from modelsmith.engines.inference import InferenceEngine
 from modelsmith.model_dir import ModelVersion, file_sha256, short
 from modelsmith.pins import PinSet
+from modelsmith.store import Home, PinRunFiles
 
 
 @dataclass
@@ -97,7 +98,7 @@ def pin(engine, labelled: pl.DataFrame, pins: PinSet, model_version: str, scenar
 
 def labelled_auctions(home: Path) -> tuple[pl.DataFrame, str]:
     """The replayed auctions with their labels (the `replayed_auctions` asset's file) and the file's SHA-256."""
-    path = Path(home) / "replayed_auctions" / "replayed_auctions.parquet"
+    path = Home(home).labelled_auctions
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: materialise replayed_auctions first")
     return pl.read_parquet(path), file_sha256(path)
@@ -134,7 +135,7 @@ def _decided(engine, part: pl.DataFrame, progress: Callable[[int], None]) -> pl.
 
 
 def runs_root(home: Path) -> Path:
-    return Path(home) / "pins"
+    return Home(home).pin_runs
 
 
 def store(home: Path, run: PinRun) -> Path:
@@ -145,10 +146,11 @@ def store(home: Path, run: PinRun) -> Path:
             "scenarios_digest": run.scenarios_digest, "created": run.created}
     metrics = results_frame(run.results).with_columns(*(pl.lit(v).alias(k) for k, v in tags.items()))
     decisions = run.decisions.with_columns(*(pl.lit(v).alias(k) for k, v in tags.items()))
-    write_with(run_dir / "predictions.parquet", lambda tmp: run.predictions.write_parquet(tmp))
-    write_with(run_dir / "metrics.parquet", lambda tmp: metrics.write_parquet(tmp))
-    write_with(run_dir / "decisions.parquet", lambda tmp: decisions.write_parquet(tmp))
-    write_text(run_dir / "summary.json", json.dumps(run.summary(), indent=2))
+    files = PinRunFiles(run_dir)
+    write_with(files.predictions, lambda tmp: run.predictions.write_parquet(tmp))
+    write_with(files.metrics, lambda tmp: metrics.write_parquet(tmp))
+    write_with(files.decisions, lambda tmp: decisions.write_parquet(tmp))
+    write_text(files.summary, json.dumps(run.summary(), indent=2))
     return run_dir
 
 
@@ -156,7 +158,7 @@ def runs(home: Path, model_version: str) -> list[tuple[Path, dict]]:
     """Complete runs of one version, oldest first."""
     root = runs_root(home) / short(model_version)
     out = []
-    for summary in sorted(root.glob("*/summary.json")):
+    for summary in sorted(PinRunFiles(d).summary for d in root.glob("*") if PinRunFiles(d).summary.is_file()):
         out.append((summary.parent, json.loads(summary.read_text())))
     return sorted(out, key=lambda x: x[1]["created"])
 
@@ -183,12 +185,12 @@ def reference_for(home: Path, model_version: str, champion: str | None, labelled
         found = latest(home, champion)
         if found is None:
             return None, "none: the champion has no pin run yet"
-        preds = pl.read_parquet(found[0] / "predictions.parquet", columns=["row_id", "predicted"])
+        preds = pl.read_parquet(PinRunFiles(found[0]).predictions, columns=["row_id", "predicted"])
         return reference_from_predictions(preds, labelled), f"champion {short(champion)} ({found[0].name})"
     found = last_passing(home, model_version)
     if found is None:
         return None, "none: no earlier passing pin run"
-    preds = pl.read_parquet(found[0] / "predictions.parquet", columns=["row_id", "correct"])
+    preds = pl.read_parquet(PinRunFiles(found[0]).predictions, columns=["row_id", "correct"])
     return reference_from_predictions(preds), f"its last passing pin run ({found[0].name})"
 
 
@@ -197,8 +199,8 @@ def history(home: Path) -> pl.DataFrame:
     import duckdb
 
     # Complete runs only: a run killed before its summary.json is not history.
-    files = [str(s.parent / "metrics.parquet") for s in sorted(runs_root(home).glob("*/*/summary.json"))
-             if not s.parent.name.startswith(".") and (s.parent / "metrics.parquet").is_file()]
+    done = [PinRunFiles(d) for d in sorted(runs_root(home).glob("*/*")) if not d.name.startswith(".")]
+    files = [str(f.metrics) for f in done if f.summary.is_file() and f.metrics.is_file()]
     if not files:
         return pl.DataFrame()
     return duckdb.sql(

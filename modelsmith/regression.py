@@ -10,14 +10,15 @@ from pathlib import Path
 import polars as pl
 
 from modelsmith.pins import PinSet
+from modelsmith.store import PinRunFiles
 
 
 def regression_report_for(run_dir: Path, pins: PinSet) -> dict:
     """Read one stored pin run (`modelsmith.pin_runs.store`) and summarise its regressed and failed pins."""
-    run_dir = Path(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    metrics = pl.read_parquet(run_dir / "metrics.parquet")
-    preds = pl.read_parquet(run_dir / "predictions.parquet")
+    files = PinRunFiles(Path(run_dir))
+    summary = json.loads(files.summary.read_text())
+    metrics = pl.read_parquet(files.metrics)
+    preds = pl.read_parquet(files.predictions)
     by_name = {p.name: p for p in pins.pins}
     regressed, failed = [], []
     for row in metrics.iter_rows(named=True):

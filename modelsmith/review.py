@@ -17,8 +17,10 @@ from pathlib import Path
 
 import polars as pl
 
+from modelsmith.cycles import CycleRecord
 from modelsmith.delta import verdict_sentence
 from modelsmith.model_dir import short
+from modelsmith.store import Home, PinRunFiles
 from scenario_data.replay import to_markdown
 
 EXAMPLE_COLUMNS = ("pin", "row_id", "vertical", "inventory_type", "expected", "predicted", "rule")
@@ -45,27 +47,27 @@ def ui_url() -> str:
 
 def _reference_policy(home: Path, run_dir: Path) -> str | None:
     """The policy digest of the pin run the regression was measured against (None when it had none)."""
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads(PinRunFiles(run_dir).summary.read_text())
     found = re.fullmatch(r"(?:its last passing pin run|champion (\w+)) \(([^)]+)\)", str(summary.get("reference", "")))
     if not found:
         return None
-    owner = run_dir.parent if not found.group(1) else Path(home) / "pins" / found.group(1)
-    reference = owner / found.group(2) / "summary.json"
+    owner = run_dir.parent if not found.group(1) else Home(home).pin_runs / found.group(1)
+    reference = PinRunFiles(owner / found.group(2)).summary
     return json.loads(reference.read_text())["policy_digest"] if reference.is_file() else None
 
 
-def policy_change(home: Path, cycle: dict) -> tuple[str, str]:
+def policy_change(home: Path, cycle: CycleRecord) -> tuple[str, str]:
     """(unified diff, one-line note) between the reference run's policy and the cycle's."""
     home = Path(home)
-    before = _reference_policy(home, Path(cycle["run_dir"]))
-    after = cycle["policy_digest"]
+    before = _reference_policy(home, Path(cycle.run_dir))
+    after = cycle.policy_digest
     if before is None:
         return "", "no reference run to compare the policy with"
     if before == after:
         return "", "the policy did not change: the regression came from new scenarios or a new model"
-    texts = [home / "policies" / f"{d}.yaml" for d in (before, after)]
+    texts = [Home(home).policy_copy(d) for d in (before, after)]
     if not all(t.is_file() for t in texts):
-        return "", f"policy {before[:12]} -> {after[:12]} (a policy text is missing from {home / 'policies'})"
+        return "", f"policy {before[:12]} -> {after[:12]} (a policy text is missing from {texts[0].parent})"
     diff = difflib.unified_diff(texts[0].read_text().splitlines(keepends=True),
                                 texts[1].read_text().splitlines(keepends=True),
                                 f"policy {before[:12]} (the reference run)", f"policy {after[:12]} (this cycle)")
@@ -95,12 +97,12 @@ def latency_note(delta: dict) -> str:
                "InferenceSettings.merge_adapters)" if change > 0.1 else ""))
 
 
-def build_review(home: Path, cycle: dict, delta: dict, diagnosis: dict, adapter: dict, run_ids: dict[str, str]) -> Review:
-    home = Path(home)
+def build_review(home: Path, cycle: CycleRecord, delta: dict, diagnosis: dict, adapter: dict,
+                 run_ids: dict[str, str]) -> Review:
     diff, note = policy_change(home, cycle)
-    traces = pl.read_parquet(home / "cycles" / cycle["cycle"] / "failure_traces.parquet")
+    traces = pl.read_parquet(Home(home).cycle(cycle.cycle).failure_traces)
     implicated = [f["feature"] for f in diagnosis["features"] if f.get("values")]
-    rows = pl.read_parquet(home / "datasets" / cycle["cycle"] / "rows.parquet", columns=["source", "expected", "rule"])
+    rows = pl.read_parquet(Home(home).dataset(cycle.cycle).rows, columns=["source", "expected", "rule"])
     data = {"rows": rows.height, "by_source": dict(rows.group_by("source").len().sort("source").iter_rows()),
             "anchored_to_champion": int(rows["rule"].str.starts_with("anchor").sum())}
     kept = {"epoch kept": adapter.get("best_epoch"), "epochs run": adapter.get("epochs_run", len(adapter.get("history", []))),

@@ -34,6 +34,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from modelsmith.attest import BUNDLE_FILE
 from modelsmith.dsse import VerificationError, open_envelope, sign_statement, statement
 from modelsmith.engines.signer import Ed25519Signer, key_id_for
 
@@ -98,7 +99,7 @@ def load_reviewers(path: Path) -> dict[str, Reviewer]:
 def _subject(decision: str, bundle_digest: str, rollback_to: str) -> dict:
     if decision == "rollback":
         return {"name": f"rollback/{rollback_to}", "digest": {"sha256": hashlib.sha256(rollback_to.encode()).hexdigest()}}
-    return {"name": "bundle.dsse.json", "digest": {"sha256": bundle_digest}}
+    return {"name": BUNDLE_FILE, "digest": {"sha256": bundle_digest}}
 
 
 def sign_approval(key_dir: Path, reviewer: str, decision: str, bundle_digest: str = "", rollback_to: str = "",

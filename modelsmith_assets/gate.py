@@ -17,7 +17,7 @@ from modelsmith.home import modelsmith_home
 from modelsmith.model_dir import short
 from resources.signer import SignerSettings
 from resources.storage import StorageEngine
-from scenario_data.replay import to_markdown
+from modelsmith_assets.tables import frame_table
 
 GROUP = "gate"
 
@@ -56,6 +56,10 @@ def promotion(context: dg.AssetExecutionContext, config: PromotionConfig, storag
     })
 
 
+AUDIT_COLUMNS = {"seq": pl.Int64, "at": pl.String, "action": pl.String, "approver": pl.String,
+                 "champion_after": pl.String, "reason": pl.String}
+
+
 def champion_state(home) -> tuple[dict, str]:
     """`champion`'s metadata (the current champion and the audit log, newest first) and its data version."""
     from modelsmith import audit
@@ -73,8 +77,7 @@ def champion_state(home) -> tuple[dict, str]:
              "label": version_label(home, version) if version else "none", "by": record.by if record else "",
              "reason": record.reason if record else "", "audit_entries": len(entries),
              "last_decision": log[-1]["action"] if log else "none",
-             "audit_log": dg.MetadataValue.md(to_markdown(pl.DataFrame(log[::-1]), max_rows=50)
-                                              if log else "(no audit entries)")},
+             "audit_log": frame_table(pl.DataFrame(log[::-1], schema=AUDIT_COLUMNS), max_rows=50)},
             record.model_version if record else "none")
 
 

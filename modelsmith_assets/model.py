@@ -16,6 +16,7 @@ from modelsmith.labels import version_label
 from modelsmith.model_dir import Registry
 from modelsmith.pin_runs import pin_version
 from modelsmith.pins import PinSet
+from modelsmith.store import Home
 from modelsmith_assets.executors import gpu_step_tags
 from modelsmith_assets.pin_metadata import EVERY_PIN_HOLDS, pin_checks, pin_results_metadata, regression_report_metadata
 from modelsmith_assets.scenarios import replayed_auctions
@@ -48,7 +49,7 @@ def base_model(context: dg.AssetExecutionContext, model: ModelSettings, storage:
         signed = {"model_signature": "none: a user's directory is not written to"}
     else:
         key = signer.model_signing_key()
-        path, info = build_default(home / "models" / "base", model.pretrain_config(), model.build_pack_size,
+        path, info = build_default(Home(home).base_models, model.pretrain_config(), model.build_pack_size,
                                    log=context.log.info, sign=key.ensure_signed)
         signature = key.ensure_signed(path)
         signed = {"model_signature": dg.MetadataValue.path(signature.signature),

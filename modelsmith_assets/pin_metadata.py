@@ -12,11 +12,13 @@ import dagster as dg
 import polars as pl
 
 from modelsmith.champion import read_champion
-from modelsmith.evaluate import STATUS_ORDER, PinResult, every_pin_sentence, failing_first, markdown_table, status_text
+from modelsmith.evaluate import STATUS_ORDER, PinResult, every_pin_sentence, failing_first, status_text
 from modelsmith.model_dir import file_sha256
 from modelsmith.pin_runs import runs
 from modelsmith.pins import PinSet
 from modelsmith.regression import regression_report_for
+from modelsmith.store import PinRunFiles, write_json
+from modelsmith_assets.tables import frame_table, pins_table
 from resources.storage import StorageEngine
 
 EVERY_PIN_HOLDS = "every_pin_holds"  # sorts before every `pin_*` check: the UI lists checks by name
@@ -48,7 +50,7 @@ def _every_pin_check(results: list[PinResult]) -> dict:
     return {"check_name": EVERY_PIN_HOLDS, "passed": counts["failed"] == 0, "severity": dg.AssetCheckSeverity.ERROR,
             "description": every_pin_sentence(results)[:1000],
             "metadata": {**counts, "failing": ", ".join(r.pin for r in shown if r.status == "failed") or "none",
-                         "pins": dg.MetadataValue.md(markdown_table(shown) if shown else "Every pin ok.")}}
+                         "pins": pins_table(shown)}}
 
 
 def pin_checks(results: list[PinResult], partition: str) -> list[dict]:
@@ -66,14 +68,14 @@ def pin_results_metadata(run, version, run_dir, reference_name: str, label: str)
     `sha256` (of the run's predictions) is the materialisation's data version."""
     return {
         "label": label, "dagster/row_count": run.predictions.height,
-        "path": dg.MetadataValue.path(str(run_dir)), "sha256": file_sha256(Path(run_dir) / "predictions.parquet"),
+        "path": dg.MetadataValue.path(str(run_dir)), "sha256": file_sha256(PinRunFiles(Path(run_dir)).predictions),
         "composite": run.composite, "passed": run.passed,
         "failed": ", ".join(run.summary()["failed"]) or "none",
         "inconclusive": ", ".join(r.pin for r in run.results if r.inconclusive) or "none",
         "regressed": ", ".join(run.summary()["regressed"]) or "none",
         "reference": reference_name, "policy_digest": run.policy_digest, "scenarios_digest": run.scenarios_digest,
         "model_version": version.digest, "kind": version.kind,
-        "pins": dg.MetadataValue.md(markdown_table(failing_first(run.results))),
+        "pins": pins_table(failing_first(run.results)),
     }
 
 
@@ -81,16 +83,15 @@ def regression_report_metadata(instance: dg.DagsterInstance, storage: StorageEng
                                label: str) -> dict:
     """Write the regression report of `version`'s latest pin run (the latest copy for people, this run's for the
     sensor) and return `regression_report`'s metadata (its `sha256` is the data version)."""
-    home = storage.base()
-    done = runs(home, version.digest)
+    home = storage.home()
+    done = runs(home.root, version.digest)
     if not done:
         raise FileNotFoundError(f"no pin run for {version.key}: materialise pin_results[{version.key}] first")
     run_dir, _ = done[-1]
     report = regression_report_for(run_dir, pins)
-    champion = read_champion(home)
-    storage.put_json(f"reports/{version.key}/regression_report.json", report)  # the latest, for people
-    path = storage.put_json(f"reports/{version.key}/{run_dir.name}.json", report)  # this run's, for the sensor
-    table = pl.DataFrame(report["regressed"]) if report["regressed"] else None
+    champion = read_champion(home.root)
+    write_json(home.report(version.key), report)
+    path = write_json(home.run_report(version.key, run_dir.name), report)
     landed = instance.fetch_materializations(dg.AssetKey("replayed_auctions"), limit=1).records
     detect = {"time_to_detect_s": round(time.time() - landed[0].timestamp, 1)} if landed and report["regressed"] else {}
     is_champion = champion is not None and champion.model_version == version.digest
@@ -98,12 +99,10 @@ def regression_report_metadata(instance: dg.DagsterInstance, storage: StorageEng
             "regressed": len(report["regressed"]), "failed": len(report["failed"]),
             "pins": ", ".join(p["pin"] for p in report["regressed"]) or "none",
             "is_champion": is_champion, "path": dg.MetadataValue.path(str(path)), "sha256": file_sha256(path),
-            "report": dg.MetadataValue.md(_report_markdown(table))}
+            "report": frame_table(_regressed_frame(report["regressed"]))}
 
 
-def _report_markdown(table: pl.DataFrame | None) -> str:
-    if table is None:
-        return "No pin regressed."
-    from scenario_data.replay import to_markdown
-
-    return to_markdown(table.select("pin", "rows", "reference_accuracy", "accuracy", "drop", "p_value", "failing_rows"))
+def _regressed_frame(regressed: list[dict]) -> pl.DataFrame:
+    columns = {"pin": pl.String, "rows": pl.Int64, "reference_accuracy": pl.Float64, "accuracy": pl.Float64,
+               "drop": pl.Float64, "p_value": pl.Float64, "failing_rows": pl.Int64}
+    return pl.DataFrame([{k: p.get(k) for k in columns} for p in regressed], schema=columns)

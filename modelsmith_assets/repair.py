@@ -14,39 +14,40 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from modelsmith.cycles import CYCLES, cycle_dir, read_cycle
+from modelsmith.cycles import CYCLES, CycleRecord, read_cycle
 from modelsmith.atomic import write_with
 from modelsmith.critics import CriticInput
 from modelsmith.delta import benchmark_delta_for, blocking_pins, verdict_sentence
 from modelsmith.review import build_review, review_markdown
 from modelsmith.diagnosis import diagnosis_from_dict
-from modelsmith.evaluate import failing_first, markdown_table
+from modelsmith.evaluate import failing_first
 from modelsmith.labels import cycle_label, version_label
 from modelsmith.model_card import adapter_card, write_card
 from modelsmith.model_dir import Registry, directory_digest, file_sha256
 from modelsmith.pin_runs import labelled_auctions, pin_version
+from modelsmith.store import Home, PinRunFiles, read_json, write_json
 from modelsmith.synthesis import anchor_to_champion, check_disjoint, synthesis_seed, synthesise
 from modelsmith.traces import ATTR_PREFIX, failure_traces as traced_failures
 from modelsmith_assets.executors import gpu_step_tags
 from modelsmith_assets.pin_metadata import pin_checks, pin_results_metadata, regression_report_metadata
+from modelsmith_assets.tables import frame_table, pins_table
 from resources.critic import CriticSettings
 from resources.inference import InferenceSettings
 from resources.pins import PinSettings
 from resources.signer import SignerSettings
 from resources.storage import StorageEngine
 from resources.trainer import TrainerSettings
-from scenario_data.replay import to_markdown
 
 GROUP = "repair"
 repair_cycles = dg.DynamicPartitionsDefinition(name=CYCLES)
 
 
-def _policy_of_cycle(storage: StorageEngine, cycle: dict):
+def _policy_of_cycle(home: Home, cycle: CycleRecord):
     """The policy the regression was found under (the `policy` asset records each one by digest)."""
     from scenario_data.policy import load_policy
 
-    digest = cycle["policy_digest"]
-    record = storage.get_json(f"policies/{digest}.json")
+    digest = cycle.policy_digest
+    record = read_json(home.policy_record(digest))
     policy = load_policy(record["path"])
     if policy.digest != digest:
         raise ValueError(f"policy file {record['path']} changed since the cycle opened: digest {policy.digest[:12]}, "
@@ -61,13 +62,14 @@ def _policy_of_cycle(storage: StorageEngine, cycle: dict):
 def failure_traces(context: dg.AssetExecutionContext, storage: StorageEngine, inference: InferenceSettings,
                    pins: PinSettings) -> dg.MaterializeResult:
     """The rows the champion failed in the regressed pins, with leave-one-feature-out attributions."""
-    home, cycle = storage.base(), read_cycle(storage.base(), context.partition_key)
-    registry = Registry(home)
-    version = registry.get(cycle["model_version"])
-    predictions = pl.read_parquet(cycle["run_dir"] + "/predictions.parquet")
+    home = storage.home()
+    cycle = read_cycle(home.root, context.partition_key)
+    registry = Registry(home.root)
+    version = registry.get(cycle.model_version)
+    predictions = pl.read_parquet(PinRunFiles(Path(cycle.run_dir)).predictions)
     engine = inference.load_version(version, registry)
-    traces = traced_failures(engine, predictions, pins.load(), cycle["regressed"])
-    path = cycle_dir(home, context.partition_key) / "failure_traces.parquet"
+    traces = traced_failures(engine, predictions, pins.load(), cycle.regressed)
+    path = home.cycle(context.partition_key).failure_traces
     write_with(path, lambda tmp: traces.write_parquet(tmp))
     failing = traces.filter(pl.col("failed"))
     attr = pl.DataFrame({"feature": [c.removeprefix(ATTR_PREFIX) for c in failing.columns if c.startswith(ATTR_PREFIX)],
@@ -77,24 +79,24 @@ def failure_traces(context: dg.AssetExecutionContext, storage: StorageEngine, in
     return dg.MaterializeResult(data_version=dg.DataVersion(sha256), metadata={
         "cycle_label": cycle_label(cycle), "sha256": sha256,
         "dagster/row_count": traces.height, "failing_rows": failing.height,
-        "contrast_rows": traces.height - failing.height, "pins": ", ".join(cycle["regressed"]),
+        "contrast_rows": traces.height - failing.height, "pins": ", ".join(cycle.regressed),
         "model_version": version.digest, "path": dg.MetadataValue.path(str(path)),
-        "attributions": dg.MetadataValue.md(to_markdown(attr.head(10))),
+        "attributions": frame_table(attr.head(10)),
     })
 
 @dg.asset(group_name=GROUP, partitions_def=repair_cycles, deps=[failure_traces], kinds={"json"})
 def diagnosis(context: dg.AssetExecutionContext, storage: StorageEngine, critic: CriticSettings,
               pins: PinSettings) -> dg.MaterializeResult:
     """The critic's typed diagnosis: segments, features, hypothesis, synthesis spec, recipe, provenance."""
-    home, key = storage.base(), context.partition_key
-    cycle = read_cycle(home, key)
-    traces = pl.read_parquet(cycle_dir(home, key) / "failure_traces.parquet")
+    home, key = storage.home(), context.partition_key
+    cycle = read_cycle(home.root, key)
+    traces = pl.read_parquet(home.cycle(key).failure_traces)
     by_name = {p.name: p for p in pins.load().pins}
-    inp = CriticInput(cycle=key, model_version=cycle["model_version"], policy_digest=cycle["policy_digest"],
-                      regressed=cycle["report"], traces=traces,
-                      pin_filters={n: {c.feature: {c.op: c.value} for c in by_name[n].where} for n in cycle["regressed"]})
+    inp = CriticInput(cycle=key, model_version=cycle.model_version, policy_digest=cycle.policy_digest,
+                      regressed=cycle.report, traces=traces,
+                      pin_filters={n: {c.feature: {c.op: c.value} for c in by_name[n].where} for n in cycle.regressed})
     result = critic.build().diagnose(inp)
-    path = storage.put_json(f"cycles/{key}/diagnosis.json", {**result.as_dict(), "digest": result.digest})
+    path = write_json(home.cycle(key).diagnosis, {**result.as_dict(), "digest": result.digest})
     if result.provenance.fallback:
         context.log.warning(f"critic fallback: {result.provenance.fallback}")
     features = pl.DataFrame([{"feature": f.feature, "values": ", ".join(f.values), "error_lift": f.error_lift,
@@ -106,7 +108,7 @@ def diagnosis(context: dg.AssetExecutionContext, storage: StorageEngine, critic:
         "fallback": result.provenance.fallback or "none", "recipe": " then ".join(result.recipe.stages),
         "synthesis": json.dumps({"filters": result.synthesis.filters, "rows": result.synthesis.rows,
                                  "replay_ratio": result.synthesis.replay_ratio}),
-        "features": dg.MetadataValue.md(to_markdown(features)),
+        "features": frame_table(features),
         "path": dg.MetadataValue.path(str(path)),
     })
 
@@ -125,28 +127,29 @@ def synthetic_dataset(context: dg.AssetExecutionContext, storage: StorageEngine,
     from modelsmith.lineage import build_lineage, write_lineage
     from scenario_data.expectations import validate_training_rows
 
-    home, key = storage.base(), context.partition_key
-    diag = diagnosis_from_dict(storage.get_json(f"cycles/{key}/diagnosis.json"))
-    policy = _policy_of_cycle(storage, read_cycle(home, key))
-    pin_scenarios, _ = labelled_auctions(home)
+    home, key = storage.home(), context.partition_key
+    cycle = read_cycle(home.root, key)
+    diag = diagnosis_from_dict(read_json(home.cycle(key).diagnosis))
+    policy = _policy_of_cycle(home, cycle)
+    pin_scenarios, _ = labelled_auctions(home.root)
     seed = synthesis_seed(policy.digest, diag)
     implicated = {f.feature: f.values for f in diag.features if f.values}
     result = synthesise(diag.synthesis, policy, seed, pin_scenarios, implicated)
-    registry = Registry(home)
-    champion = inference.load_version(registry.get(read_cycle(home, key)["model_version"]), registry)
+    registry = Registry(home.root)
+    champion = inference.load_version(registry.get(cycle.model_version), registry)
     rows = anchor_to_champion(result.rows, champion.decide(result.rows).decision)
     moved = int(((rows["expected"] != result.rows["expected"])).sum())
     context.log.info(f"{moved} of {int((rows['source'] == 'replay').sum())} replay rows take the "
                      "champion's decision over the policy's")
-    out = home / "datasets" / key
-    write_with(out / "rows.parquet", lambda tmp: rows.write_parquet(tmp))
+    out = home.dataset(key)
+    write_with(out.rows, lambda tmp: rows.write_parquet(tmp))
     lineage = build_lineage(rows.to_dicts(), policy_digest=policy.digest, generator_seed=seed,
                             diagnosis_digest=diag.digest, cycle=key, signer=signer.signer())
-    write_lineage(out, rows.to_dicts(), lineage)
+    write_lineage(out.dir, rows.to_dicts(), lineage)
     counts = rows.group_by("source").len()
-    sha256 = file_sha256(out / "rows.parquet")
+    sha256 = file_sha256(out.rows)
     yield dg.MaterializeResult(data_version=dg.DataVersion(sha256), metadata={
-        "cycle_label": cycle_label(read_cycle(home, key)), "sha256": sha256,
+        "cycle_label": cycle_label(cycle), "sha256": sha256,
         "dagster/row_count": rows.height, "target_rows": int((rows["source"] == "target").sum()),
         "replay_rows": int((rows["source"] == "replay").sum()),
         "contrast_rows": int((rows["source"] == "contrast").sum()),
@@ -154,8 +157,8 @@ def synthetic_dataset(context: dg.AssetExecutionContext, storage: StorageEngine,
         "excluded_by_request_id": result.excluded_by_id, "excluded_by_content": result.excluded_by_content,
         "anchored_rows_unlike_policy": moved,
         "policy_digest": policy.digest, "generator_seed": seed, "merkle_root": lineage.root,
-        "signed_by": lineage.key_id, "path": dg.MetadataValue.path(str(out / "rows.parquet")),
-        "sources": dg.MetadataValue.md(to_markdown(counts)),
+        "signed_by": lineage.key_id, "path": dg.MetadataValue.path(str(out.rows)),
+        "sources": frame_table(counts.sort("source")),
     })
     suite = validate_training_rows(rows)
     yield dg.AssetCheckResult(check_name="training_data_expectations", passed=suite.success,
@@ -176,22 +179,22 @@ def adapter(context: dg.AssetExecutionContext, storage: StorageEngine, trainer: 
     from modelsmith.adapter_training import train_adapter
     from modelsmith.model_dir import short
 
-    home, key = storage.base(), context.partition_key
-    cycle = read_cycle(home, key)
-    registry = Registry(home)
-    champion = registry.get(cycle["model_version"])
+    home, key = storage.home(), context.partition_key
+    cycle = read_cycle(home.root, key)
+    registry = Registry(home.root)
+    champion = registry.get(cycle.model_version)
     base = registry.get(champion.base) if champion.kind == "adapter" else champion
-    diag = diagnosis_from_dict(storage.get_json(f"cycles/{key}/diagnosis.json"))
-    rows = pl.read_parquet(home / "datasets" / key / "rows.parquet")
-    work = home / "adapters" / f".cycle-{key}"
+    diag = diagnosis_from_dict(read_json(home.cycle(key).diagnosis))
+    rows = pl.read_parquet(home.dataset(key).rows)
+    work = home.adapter_work(key)
     about = {"cycle": key, "base_digest": base.digest,
-             "dataset_digest": f"sha256:{file_sha256(home / 'datasets' / key / 'rows.parquet')}",
-             "policy_digest": cycle["policy_digest"], "hypothesis": diag.hypothesis,
+             "dataset_digest": f"sha256:{file_sha256(home.dataset(key).rows)}",
+             "policy_digest": cycle.policy_digest, "hypothesis": diag.hypothesis,
              "sources": dict(rows.group_by("source").len().iter_rows())}
     signing_key = signer.model_signing_key()
     summary = train_adapter(base.path, rows, work, trainer.recipe(diag.recipe.stages), log=context.log.info,
                             about=about, sign=signing_key.sign)
-    final = home / "adapters" / short(summary["digest"])
+    final = home.adapters / short(summary["digest"])
     if final.is_dir() and directory_digest(final) == summary["digest"]:
         shutil.rmtree(work)  # a re-run trained the same bytes: keep the published copy (it may be the champion)
     else:
@@ -206,9 +209,8 @@ def adapter(context: dg.AssetExecutionContext, storage: StorageEngine, trainer: 
     signature = signing_key.ensure_signed(final)  # the kept copy may predate signing
     version = registry.register(final, "adapter", base=base.digest, digest=summary["digest"])
     context.instance.add_dynamic_partitions("model_versions", [version.key])
-    storage.put_json(f"cycles/{key}/adapter.json", {**summary, "model_version": version.digest,
-                                                     "path": str(final), "about": about,
-                                                     "model_signature": signature.as_json()})
+    write_json(home.cycle(key).adapter, {**summary, "model_version": version.digest, "path": str(final),
+                                         "about": about, "model_signature": signature.as_json()})
     history = pl.DataFrame(summary["history"])
     return dg.MaterializeResult(data_version=dg.DataVersion(version.digest), metadata={
         "cycle_label": cycle_label(cycle), "sha256": version.digest,
@@ -222,7 +224,7 @@ def adapter(context: dg.AssetExecutionContext, storage: StorageEngine, trainer: 
         "model_signature": dg.MetadataValue.path(signature.signature),
         "model_signing_public_key": dg.MetadataValue.path(signature.public_key),
         "model_signing_key_id": signature.key_id,
-        "epochs": dg.MetadataValue.md(to_markdown(history)),
+        "epochs": frame_table(history),
     })
 
 @dg.asset(group_name=GROUP, partitions_def=repair_cycles, deps=[adapter], kinds={"parquet"},
@@ -236,13 +238,14 @@ def candidate_pins(context: dg.AssetExecutionContext, storage: StorageEngine, in
     `pin_*` checks are not partitioned and the UI shows the checks of the latest materialisation, which
     is this one (each names its partition; without them every check read "Not Evaluated").
     """
-    home, key = storage.base(), context.partition_key
-    pinset, registry = pins.load(), Registry(home)
-    version = registry.get(storage.get_json(f"cycles/{key}/adapter.json")["model_version"])
-    run, run_dir, reference_name = pin_version(home, pinset, version, lambda v: inference.load_version(v, registry))
-    storage.put_json(f"cycles/{key}/candidate_pins.json", {"run_dir": str(run_dir), "pins_digest": pinset.digest,
-                                                            **run.summary()})
-    label = version_label(home, version)
+    home, key = storage.home(), context.partition_key
+    pinset, registry = pins.load(), Registry(home.root)
+    version = registry.get(read_json(home.cycle(key).adapter)["model_version"])
+    run, run_dir, reference_name = pin_version(home.root, pinset, version,
+                                               lambda v: inference.load_version(v, registry))
+    write_json(home.cycle(key).candidate_pins, {"run_dir": str(run_dir), "pins_digest": pinset.digest,
+                                                **run.summary()})
+    label = version_label(home.root, version)
     by = {"pinned_by": f"candidate_pins[{key}]"}
     pinned = pin_results_metadata(run, version, run_dir, reference_name, label)
     context.log_event(dg.AssetMaterialization("pin_results", partition=version.key, metadata={**pinned, **by},
@@ -255,27 +258,27 @@ def candidate_pins(context: dg.AssetExecutionContext, storage: StorageEngine, in
                                               metadata={**reported, **by},
                                               tags={"dagster/data_version": reported["sha256"]}))
     return dg.MaterializeResult(data_version=dg.DataVersion(pinned["sha256"]), metadata={
-        "cycle_label": cycle_label(read_cycle(home, key)), "model_version": version.digest,
+        "cycle_label": cycle_label(read_cycle(home.root, key)), "model_version": version.digest,
         "path": pinned["path"], "sha256": pinned["sha256"], "dagster/row_count": run.predictions.height,
         "partition_key": version.key, "label": label,
         "composite": run.composite, "passed": run.passed, "reference": reference_name,
         "failed": ", ".join(run.summary()["failed"]) or "none",
         "regressed": ", ".join(run.summary()["regressed"]) or "none",
-        "pins": dg.MetadataValue.md(markdown_table(failing_first(run.results))),
+        "pins": pins_table(failing_first(run.results)),
     })
 
 @dg.asset(group_name=GROUP, partitions_def=repair_cycles, deps=[candidate_pins], kinds={"json"})
 def benchmark_delta(context: dg.AssetExecutionContext, storage: StorageEngine) -> dg.MaterializeResult:
     """Before (champion) vs after (candidate) per pin; whether the cycle offers the candidate for promotion."""
-    home, key = storage.base(), context.partition_key
-    cycle = read_cycle(home, key)
-    after = storage.get_json(f"cycles/{key}/candidate_pins.json")["run_dir"]
-    delta = benchmark_delta_for(cycle["run_dir"], after, cycle["regressed"])
-    path = cycle_dir(home, key) / "benchmark_delta.parquet"
+    files = storage.home().cycle(context.partition_key)
+    cycle = read_cycle(storage.base(), context.partition_key)
+    after = read_json(files.candidate_pins)["run_dir"]
+    delta = benchmark_delta_for(cycle.run_dir, after, cycle.regressed)
+    path = files.delta_table
     frame = pl.DataFrame(delta["pins"])
     write_with(path, lambda tmp: frame.write_parquet(tmp))
-    storage.put_json(f"cycles/{key}/benchmark_delta.json", delta)
-    adapter_info = storage.get_json(f"cycles/{key}/adapter.json")
+    write_json(files.delta, delta)
+    adapter_info = read_json(files.adapter)
     if "about" in adapter_info:  # the card gains the pins before and after (the card is not in the digest)
         write_card(Path(adapter_info["path"]), adapter_card(adapter_info, adapter_info["about"], delta))
     shown = frame.select("pin", "rows", "before", "after", "delta", "p_adjusted", "p99_before_ms", "p99_after_ms",
@@ -289,7 +292,7 @@ def benchmark_delta(context: dg.AssetExecutionContext, storage: StorageEngine) -
         "inconclusive": ", ".join(delta["inconclusive"]) or "none",
         "composite_before": delta["composite_before"], "composite_after": delta["composite_after"],
         "path": dg.MetadataValue.path(str(path)),
-        "delta": dg.MetadataValue.md(to_markdown(shown.sort("delta"), max_rows=200)),
+        "delta": frame_table(shown.sort("delta")),
     })
 
 candidate_offered_check = dg.AssetCheckSpec(
@@ -303,33 +306,33 @@ def evidence_bundle(context: dg.AssetExecutionContext, storage: StorageEngine, s
     """The signed evidence a reviewer approves: traces, diagnosis, lineage, delta, integrity, report, attestations."""
     from modelsmith.evidence import assemble
 
-    home, key = storage.base(), context.partition_key
+    home, key = storage.home(), context.partition_key
+    files = home.cycle(key)
     run_ids = {}
     for name in ("failure_traces", "diagnosis", "synthetic_dataset", "adapter", "candidate_pins", "benchmark_delta"):
         records = context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), asset_partitions=[key]), limit=1).records
         run_ids[name] = records[0].run_id if records else ""
     run_ids["evidence_bundle"] = context.run.run_id
-    started = read_cycle(home, key)["opened"]
-    info, plots = assemble(home, key, run_ids, started, signer.signer())
+    cycle = read_cycle(home.root, key)
+    info, plots = assemble(home.root, key, run_ids, cycle.opened, signer.signer())
     from datetime import UTC, datetime
 
-    cycle_time = (datetime.now(UTC) - datetime.fromisoformat(started)).total_seconds()
-    delta = storage.get_json(f"cycles/{key}/benchmark_delta.json")
+    cycle_time = (datetime.now(UTC) - datetime.fromisoformat(cycle.opened)).total_seconds()
+    delta = read_json(files.delta)
     shown = pl.DataFrame(delta["pins"]).select("pin", "before", "after", "delta", "p_value", "status")
     verdict = verdict_sentence(delta)
-    review = build_review(home, read_cycle(home, key), delta, storage.get_json(f"cycles/{key}/diagnosis.json"),
-                          storage.get_json(f"cycles/{key}/adapter.json"), run_ids)
+    review = build_review(home.root, cycle, delta, read_json(files.diagnosis), read_json(files.adapter), run_ids)
     # `sha256` is the bundle digest: the SHA-256 of bundle.dsse.json, which the Launchpad's bundle_digest names.
     yield dg.MaterializeResult(data_version=dg.DataVersion(info.digest), metadata={
-        "cycle_label": cycle_label(read_cycle(home, key)),
+        "cycle_label": cycle_label(cycle),
         "summary": dg.MetadataValue.md(review_markdown(review, info.digest, plots)),
         "verdict": verdict, "sha256": info.digest, "candidate": delta["candidate"],
         "cycle_time_s": round(cycle_time, 1),
         "report": dg.MetadataValue.path(str(info.path / "report.html")),
         "path": dg.MetadataValue.path(str(info.path)), "tar": dg.MetadataValue.path(str(info.tar)),
         "files": len(info.files), "signed_by": signer.signer().key_id(),
-        "delta": dg.MetadataValue.md(to_markdown(shown.sort("delta"), max_rows=200)),
+        "delta": frame_table(shown.sort("delta")),
         "next": "launch promotion_job from the Launchpad with this sha256 as bundle_digest"
         if delta["offer_for_promotion"] else
         "close it: launch promotion_job with this sha256 as bundle_digest and decision reject",
@@ -341,7 +344,7 @@ def evidence_bundle(context: dg.AssetExecutionContext, storage: StorageEngine, s
         check_name="candidate_offered", passed=bool(delta["offer_for_promotion"]),
         severity=dg.AssetCheckSeverity.ERROR, description=verdict[:1000],
         metadata={"verdict": verdict, "bundle_digest": info.digest, "blocking_pins": blocking.height,
-                  "pins": dg.MetadataValue.md(to_markdown(blocking, max_rows=200))})
+                  "pins": frame_table(blocking)})
 
 repair_assets = [failure_traces, diagnosis, synthetic_dataset, adapter, candidate_pins, benchmark_delta,
                  evidence_bundle]

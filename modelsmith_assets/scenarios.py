@@ -4,13 +4,16 @@ import json
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 
 from modelsmith.model_dir import file_sha256
+from modelsmith.store import read_json, write_json
+from modelsmith_assets.tables import frame_table
 from resources.scenarios import ScenarioSettings
 from resources.storage import StorageEngine
 from scenario_data.expectations import validate_features, validate_labels
 from scenario_data.generator import write_pack
-from scenario_data.replay import build_replay_set, segment_counts, to_markdown, write_replay_set
+from scenario_data.replay import build_replay_set, segment_counts, write_replay_set
 
 GROUP = "scenarios"
 
@@ -20,25 +23,28 @@ def policy(scenarios: ScenarioSettings, storage: StorageEngine) -> dg.Materializ
     """The active ground-truth policy, validated; its identity is the SHA-256 of its canonical form."""
     active = scenarios.load_policy()
     # A copy per digest: cycles and bundles name the policy by digest long after another is activated.
-    copy = storage.path("policies", f"{active.digest}.yaml")
+    home = storage.home()
+    copy = home.policy_copy(active.digest)
     if not copy.exists():
         from modelsmith.atomic import write_bytes
 
         write_bytes(copy, Path(active.source).read_bytes())
     record = {"digest": active.digest, "name": active.name, "version": active.version, "path": str(copy),
               "activated_from": active.source, "canonical": active.canonical()}
-    storage.put_json(f"policies/{active.digest}.json", record)
-    storage.put_json("policies/active.json", record)
-    rules = "\n".join(f"| {r.name} | {r.decision} | {'all' if r.at_least is None else f'>= {r.at_least}'} "
-                      f"of {len(r.conditions)} |" for r in active.rules)
+    write_json(home.policy_record(active.digest), record)
+    write_json(home.active_policy_record, record)
+    rules = pl.DataFrame(
+        [{"rule": r.name, "decision": r.decision,
+          "conditions": f"{'all' if r.at_least is None else f'>= {r.at_least}'} of {len(r.conditions)}"}
+         for r in active.rules] + [{"rule": "(default)", "decision": active.default, "conditions": ""}],
+        schema={"rule": pl.String, "decision": pl.String, "conditions": pl.String})
     return dg.MaterializeResult(
         data_version=dg.DataVersion(active.digest),
         metadata={
             "sha256": active.digest,  # of the policy's canonical form: its identity
             "version": active.version,
             "path": dg.MetadataValue.path(active.source),
-            "rules": dg.MetadataValue.md("| rule | decision | conditions |\n|---|---|---|\n" + rules
-                                         + f"\n| (default) | {active.default} | |"),
+            "rules": frame_table(rules),
         },
     )
 
@@ -47,11 +53,13 @@ def policy(scenarios: ScenarioSettings, storage: StorageEngine) -> dg.Materializ
 def scenario_pack(scenarios: ScenarioSettings, storage: StorageEngine) -> dg.MaterializeResult:
     """The generated default scenario pack (OpenRTB 2.6 JSONL), labelled by the active policy."""
     active = scenarios.load_policy()
-    path = storage.path("packs", f"default-n{scenarios.pack_size}-s{scenarios.pack_seed}-{active.digest[:12]}.jsonl")
+    home = storage.home()
+    path = home.pack(scenarios.pack_size, scenarios.pack_seed, active.digest)
     if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_pack(path, scenarios.pack_size, scenarios.pack_seed, active)
     digest = file_sha256(path)
-    storage.put_json("packs/current.json", {"path": str(path), "sha256": digest, "policy_digest": active.digest})
+    write_json(home.pack_record, {"path": str(path), "sha256": digest, "policy_digest": active.digest})
     return dg.MaterializeResult(
         data_version=dg.DataVersion(digest),
         metadata={"path": dg.MetadataValue.path(str(path)), "sha256": digest, "requests": scenarios.pack_size,
@@ -74,15 +82,16 @@ def scenario_pack(scenarios: ScenarioSettings, storage: StorageEngine) -> dg.Mat
 )
 def replayed_auctions(context: dg.AssetExecutionContext, scenarios: ScenarioSettings, storage: StorageEngine):
     """Every decision row to replay: the generated pack plus real files in the replay directory, labelled."""
-    fingerprint = scenarios.fingerprint(storage.base())  # before reading: what this output reflects
+    home = storage.home()
+    fingerprint = scenarios.fingerprint(home.root)  # before reading: what this output reflects
     active = scenarios.load_policy()
-    pack = storage.get_json("packs/current.json")["path"]
-    replay_dir = scenarios.replay_path(storage.base())
+    pack = read_json(home.pack_record)["path"]
+    replay_dir = scenarios.replay_path(home.root)
     replay = build_replay_set([Path(pack), replay_dir], active, scenarios.domain_map())
-    labelled_path, quarantine_path = write_replay_set(replay, storage.path("replayed_auctions", "summary.json").parent)
+    labelled_path, quarantine_path = home.labelled_auctions, home.replay_quarantine
+    write_replay_set(replay, labelled_path, quarantine_path)
     summary = replay.ingest.summary()
-    storage.put_json("replayed_auctions/summary.json", {**summary, "policy_digest": active.digest,
-                                                        "files": replay.ingest.files})
+    write_json(home.replay_summary, {**summary, "policy_digest": active.digest, "files": replay.ingest.files})
     digest = file_sha256(labelled_path)
     context.log.info(f"replayed auctions: {json.dumps(summary)}")
     yield dg.MaterializeResult(
@@ -95,7 +104,7 @@ def replayed_auctions(context: dg.AssetExecutionContext, scenarios: ScenarioSett
             "sha256": digest,
             "path": dg.MetadataValue.path(str(labelled_path)),
             "quarantine_path": dg.MetadataValue.path(str(quarantine_path)),
-            "segments": dg.MetadataValue.md(to_markdown(segment_counts(replay.labelled))),
+            "segments": frame_table(segment_counts(replay.labelled)),
         },
     )
     balanced = summary["requests_in"] == summary["accepted"] + summary["quarantined"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from modelsmith.store import Home, read_json
 from scenario_data.policy import POLICIES_DIR, PolicyError, load_policy
 
 
@@ -146,7 +147,7 @@ def loop(as_json: bool, replay_dir: str | None, policy_path: str | None, epochs:
                 raise click.ClickException(str(e)) from None
         rate = autonomy_rate(instance, home)
     last = results[-1]
-    summary = {"home": str(home), **json.loads((home / "replayed_auctions" / "summary.json").read_text())}
+    summary = {"home": str(home), **read_json(Home(home).replay_summary)}
     summary.pop("files", None)
     summary |= base_model_summary(home) | last | {"autonomy_rate": rate}
     summary.setdefault("verdict", "no regression: every pin holds, nothing to repair")
@@ -207,7 +208,7 @@ def model_verify(model_dir: Path, public_key: Path | None, signature: Path | Non
     from modelsmith.home import modelsmith_home
     from modelsmith.model_signature import PUBLIC_KEY, ModelSignatureError, ModelSigningUnavailable, verify
 
-    key = public_key or modelsmith_home() / "keys" / PUBLIC_KEY
+    key = public_key or Home(modelsmith_home()).keys / PUBLIC_KEY
     try:
         result = verify(model_dir, key, signature)
     except ModelSigningUnavailable as e:
@@ -358,7 +359,7 @@ def _activate(path: Path, home: Path) -> str:
     from modelsmith.atomic import write_bytes
 
     active = _policy(str(path))  # refuses a malformed policy before it becomes active
-    write_bytes(home / "policy.yaml", path.read_bytes())
+    write_bytes(Home(home).active_policy, path.read_bytes())
     return active.digest
 
 
@@ -370,7 +371,7 @@ def policy_activate(path: Path) -> None:
 
     home = modelsmith_home()
     digest = _activate(path, home)
-    click.echo(f"active policy: {path} ({digest[:16]}) -> {home / 'policy.yaml'}")
+    click.echo(f"active policy: {path} ({digest[:16]}) -> {Home(home).active_policy}")
 
 
 @main.group()

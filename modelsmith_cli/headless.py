@@ -7,17 +7,18 @@ policy v2 (Gaming regresses, a cycle repairs it) — and it stops at the gate: p
 decision in the Dagster UI.
 """
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from modelsmith.cycles import CYCLES, cycle_dir, open_cycle, read_cycle
+from modelsmith.attest import BUNDLE_FILE
+from modelsmith.cycles import CYCLES, open_cycle, read_cycle
 from modelsmith.delta import verdict_sentence
 from modelsmith.evidence import cycle_bundle_dirs
 from modelsmith.champion import read_champion
 from modelsmith.labels import cycle_label, version_label
 from modelsmith.model_dir import Registry, file_sha256, short
+from modelsmith.store import Home, read_json
 
 # Every run of the loop is labelled as automation. `modelsmith/trigger` is what the sensors' runs carry
 # too (autonomy_rate counts on it); `user` is the one tag the UI's "Launched by" column shows as written
@@ -51,7 +52,7 @@ def run_pass(defs, instance, home: Path, replay_dir: str | None, log: Callable[[
     log(f"pins: the champion {key} on every pin")
     _execute(defs, instance, "pin_model_version_job", partition_key=key,
              tags={"modelsmith/model_name": version_label(home, Registry(home).get(champion.model_version))})
-    report = json.loads((home / "reports" / key / "regression_report.json").read_text())
+    report = read_json(Home(home).report(key))
     detected = time.monotonic()
     summary = {"policy_digest": report["policy_digest"], "champion": champion.model_version,
                "composite": report["composite"],
@@ -81,20 +82,20 @@ def refused_by_its_gate_check(result) -> bool:
 
 def cycle_outcome(home: Path, cycle: str) -> dict:
     """What a cycle produced, read back from its artifacts, with the verdict and the next step."""
-    cdir = cycle_dir(home, cycle)
+    files = Home(home).cycle(cycle)
     out: dict = {}
-    if (cdir / "diagnosis.json").exists():
-        out["hypothesis"] = json.loads((cdir / "diagnosis.json").read_text())["hypothesis"]
-    if (cdir / "adapter.json").exists():
-        adapter = json.loads((cdir / "adapter.json").read_text())
+    if files.diagnosis.exists():
+        out["hypothesis"] = read_json(files.diagnosis)["hypothesis"]
+    if files.adapter.exists():
+        adapter = read_json(files.adapter)
         out |= {"adapter_digest": adapter["model_version"], "adapter_path": adapter["path"]}
-    if (cdir / "benchmark_delta.json").exists():
-        delta = json.loads((cdir / "benchmark_delta.json").read_text())
+    if files.delta.exists():
+        delta = read_json(files.delta)
         out |= {k: delta.get(k, []) for k in ("repaired", "not_repaired", "flagged", "inconclusive")}
         out["offer_for_promotion"] = delta["offer_for_promotion"]
     written = cycle_bundle_dirs(home, cycle)
     if written:
-        envelope = written[-1] / "bundle.dsse.json"
+        envelope = written[-1] / BUNDLE_FILE
         digest = file_sha256(envelope)
         out |= {"bundle_path": str(envelope.parent), "bundle_digest": digest}
     if out.get("offer_for_promotion") and "bundle_digest" in out:
@@ -113,7 +114,8 @@ def autonomy_rate(instance, home: Path) -> float | None:
     """Share of opened cycles that reached the gate (a bundle offered) with every run launched by automation."""
     import dagster as dg
 
-    cycles = [p.name for p in (Path(home) / "cycles").iterdir() if p.is_dir()] if (Path(home) / "cycles").is_dir() else []
+    root = Home(home).cycles
+    cycles = [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
     if not cycles:
         return None
     autonomous = 0

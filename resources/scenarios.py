@@ -8,13 +8,14 @@ import dagster as dg
 from pydantic import Field
 
 from modelsmith.home import modelsmith_home
+from modelsmith.store import Home
 from scenario_data.policy import POLICIES_DIR, Policy, load_policy
 from scenario_data.taxonomy import REFERENCE, load_domain_lists
 
 
 def active_policy_path(home: Path) -> Path:
     """The policy the loop labels with: HOME/policy.yaml once one was activated, else the shipped v1."""
-    activated = Path(home) / "policy.yaml"
+    activated = Home(home).active_policy
     return activated if activated.is_file() else POLICIES_DIR / "v1.yaml"
 
 
@@ -49,7 +50,7 @@ class ScenarioSettings(dg.ConfigurableResource):
         return hashlib.sha256(f"{self.load_policy().digest}:{replay}".encode()).hexdigest()
 
     def replay_path(self, home: Path) -> Path:
-        path = Path(self.replay_dir).expanduser() if self.replay_dir else home / "replay"
+        path = Path(self.replay_dir).expanduser() if self.replay_dir else Home(home).replay
         path.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -7,6 +7,7 @@ from pydantic import Field
 
 from modelsmith.engines.signer import Ed25519Signer
 from modelsmith.home import modelsmith_home
+from modelsmith.store import Home
 
 
 class SignerSettings(dg.ConfigurableResource):
@@ -26,4 +27,4 @@ class SignerSettings(dg.ConfigurableResource):
         return ModelSigningKey(self._dir())
 
     def _dir(self) -> Path:
-        return Path(self.key_dir).expanduser() if self.key_dir else modelsmith_home() / "keys"
+        return Path(self.key_dir).expanduser() if self.key_dir else Home(modelsmith_home()).keys

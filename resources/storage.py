@@ -1,17 +1,15 @@
 """Where artifacts live: the storage engine. The embedded default is a directory in the Modelsmith home."""
 
-import json
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 
-from modelsmith.atomic import write_text
 from modelsmith.home import modelsmith_home
+from modelsmith.store import Home
 
 
 class StorageEngine(dg.ConfigurableResource):
-    """Base class: every stage reads and writes artifacts through `path()` and the JSON helpers."""
+    """Base class: every stage finds its artifacts through `home()` (`modelsmith.store.Home`, the layout)."""
 
     root: str = ""
 
@@ -20,18 +18,8 @@ class StorageEngine(dg.ConfigurableResource):
         root.mkdir(parents=True, exist_ok=True)
         return root
 
-    def path(self, *parts: str) -> Path:
-        p = self.base().joinpath(*parts)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
-
-    def put_json(self, relpath: str, payload: Any) -> Path:
-        target = self.path(*relpath.split("/"))
-        write_text(target, json.dumps(payload, indent=2, sort_keys=True) + "\n")
-        return target
-
-    def get_json(self, relpath: str) -> Any:
-        return json.loads(self.path(*relpath.split("/")).read_text(encoding="utf-8"))
+    def home(self) -> Home:
+        return Home(self.base())
 
 
 class LocalStorage(StorageEngine):

@@ -25,11 +25,10 @@ def build_replay_set(sources: list[Path], policy: Policy, domain_lists: dict[str
     return ReplaySet(labelled=policy.label(result.features), ingest=result, policy_digest=policy.digest)
 
 
-def write_replay_set(replay: ReplaySet, out_dir: Path) -> tuple[Path, Path]:
-    labelled, quarantine = out_dir / "replayed_auctions.parquet", out_dir / "quarantine.parquet"
+def write_replay_set(replay: ReplaySet, labelled: Path, quarantine: Path) -> None:
+    """The labelled rows, then the quarantined requests with their reasons, each atomically."""
     write_with(labelled, lambda tmp: replay.labelled.write_parquet(tmp))
     write_with(quarantine, lambda tmp: replay.ingest.quarantine.write_parquet(tmp))
-    return labelled, quarantine
 
 
 def segment_counts(labelled: pl.DataFrame) -> pl.DataFrame:

@@ -191,7 +191,7 @@ def test_a_cycle_completes_on_the_fallback_critic_and_says_so_everywhere(cycle_o
                 and e.asset_check_evaluation_data.check_name == "candidate_offered"]
     verdict = check.metadata["verdict"].value
     assert not check.passed and verdict.startswith("not offered: not repaired: Video Gaming/app (")
-    assert "Video Gaming/app" in check.metadata["pins"].value and check.metadata["blocking_pins"].value >= 1
+    assert "Video Gaming/app" in [r.data["pin"] for r in check.metadata["pins"].records] and check.metadata["blocking_pins"].value >= 1
 
     # The diagnosis asset's metadata, its file and the run log all name the fallback and why.
     meta = result.asset_materializations_for_node("diagnosis")[0].metadata
@@ -204,9 +204,9 @@ def test_a_cycle_completes_on_the_fallback_critic_and_says_so_everywhere(cycle_o
     # Not a silently different diagnosis: exactly the statistical critic's, on the same traces.
     record, pins = read_cycle(home, cycle), {p.name: p for p in load_pins().pins}
     traces = pl.read_parquet(home / "cycles" / cycle / "failure_traces.parquet")
-    inp = CriticInput(cycle=cycle, model_version=record["model_version"], policy_digest=record["policy_digest"],
-                      regressed=record["report"], traces=traces,
-                      pin_filters={n: {c.feature: {c.op: c.value} for c in pins[n].where} for n in record["regressed"]})
+    inp = CriticInput(cycle=cycle, model_version=record.model_version, policy_digest=record.policy_digest,
+                      regressed=record.report, traces=traces,
+                      pin_filters={n: {c.feature: {c.op: c.value} for c in pins[n].where} for n in record.regressed})
     alone = json.loads(json.dumps(StatisticalCritic().diagnose(inp).as_dict()))  # tuples as lists, as stored
     assert {k: v for k, v in stored.items() if k not in ("provenance", "digest")} == \
         {k: v for k, v in alone.items() if k != "provenance"}

@@ -57,8 +57,8 @@ def test_the_loop_labels_its_runs_and_partitions_and_leaves_nothing_missing(tmp_
     failing = [p["pin"] for p in report["failed"]]
     assert failing and not evaluation.passed and evaluation.metadata["partition"].value == base.key
     assert evaluation.metadata["failing"].value.split(", ")[0] == failing[0]
-    table = evaluation.metadata["pins"].value.splitlines()
-    assert table[2].startswith(f"| {failing[0]} |") and "failed" in table[2]
+    top = evaluation.metadata["pins"].records[0].data
+    assert top["pin"] == failing[0] and top["status"] == "failed" and top["why"]
     assert evaluation.description.startswith(f"{len(failing)} of 59 pins fail: {failing[0]} (")
 
     # A candidate: its pin run is also the adapter version's pin_results and regression_report partition.

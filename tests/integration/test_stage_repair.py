@@ -54,7 +54,7 @@ def test_the_statistical_critic_is_the_embedded_default(cycle):
     meta, stored = _diagnose(*cycle, CriticSettings())
     assert meta["critic"].value == "statistical" and meta["fallback"].value == "none"
     assert {f["feature"] for f in stored["features"]} >= {"rewarded", "position"}
-    assert stored["digest"] == meta["sha256"].value and "| rewarded |" in meta["features"].value
+    assert stored["digest"] == meta["sha256"].value and "rewarded" in [r.data["feature"] for r in meta["features"].records]
 
 
 def test_the_claude_critic_answers_through_the_sdk_and_falls_back_when_it_cannot(cycle, caplog):

@@ -4,6 +4,7 @@ import json
 
 import polars as pl
 
+from modelsmith.cycles import CycleRecord
 from modelsmith.review import failing_examples, latency_note, policy_change
 from scenario_data.policy import POLICIES_DIR
 
@@ -15,20 +16,25 @@ def _run(home, key: str, name: str, policy: str, reference: str) -> str:
     return str(run)
 
 
+def _cycle(policy: str, run_dir: str) -> CycleRecord:
+    return CycleRecord(cycle="c1", opened="", model_version="m" * 64, policy_digest=policy, scenarios_digest="",
+                       run_dir=run_dir, regressed=[], report=[])
+
+
 def test_the_policy_diff_is_against_the_run_the_regression_was_measured_from(tmp_path):
     home = tmp_path
     (home / "policies").mkdir()
     for digest, version in (("a" * 64, 1), ("b" * 64, 2)):
         (home / "policies" / f"{digest}.yaml").write_text((POLICIES_DIR / f"v{version}.yaml").read_text())
     _run(home, "m1", "r1", "a" * 64, "none")
-    cycle = {"policy_digest": "b" * 64, "run_dir": _run(home, "m1", "r2", "b" * 64, "its last passing pin run (r1)")}
+    cycle = _cycle("b" * 64, _run(home, "m1", "r2", "b" * 64, "its last passing pin run (r1)"))
     diff, note = policy_change(home, cycle)
     assert note == f"policy {'a' * 12} -> {'b' * 12}" and diff.startswith(f"--- policy {'a' * 12} (the reference run)")
     assert any(line.startswith("+") and "version: 2" in line for line in diff.splitlines())
-    same = {"policy_digest": "a" * 64, "run_dir": _run(home, "m1", "r3", "a" * 64, "its last passing pin run (r1)")}
+    same = _cycle("a" * 64, _run(home, "m1", "r3", "a" * 64, "its last passing pin run (r1)"))
     assert policy_change(home, same) == ("", "the policy did not change: the regression came from new scenarios or "
                                              "a new model")
-    first = {"policy_digest": "a" * 64, "run_dir": _run(home, "m2", "r1", "a" * 64, "none")}
+    first = _cycle("a" * 64, _run(home, "m2", "r1", "a" * 64, "none"))
     assert policy_change(home, first) == ("", "no reference run to compare the policy with")
 
 

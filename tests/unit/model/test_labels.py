@@ -4,7 +4,7 @@ import doctest
 import json
 
 from modelsmith import labels
-from modelsmith.cycles import open_cycle
+from modelsmith.cycles import open_cycle, read_cycle
 from modelsmith.labels import cycle_label, version_label
 from modelsmith.model_dir import Registry, short
 
@@ -29,7 +29,7 @@ def test_versions_and_cycles_read_as_what_they_are(tmp_path):
     cycle = open_cycle(home, report)
     (home / "cycles" / cycle / "adapter.json").write_text(json.dumps({"model_version": adapter.digest}))
     label = f"repair Video Gaming/app, Sports/app, News/site and 1 more of {short(built.digest)}"
-    assert cycle_label(json.loads((home / "cycles" / cycle / "cycle.json").read_text())) == label
+    assert cycle_label(read_cycle(home, cycle)) == label
     assert version_label(home, adapter) == f"adapter of cycle {cycle}: {label}"
 
 

@@ -56,14 +56,14 @@ def test_the_record_drops_failing_row_ids(tmp_path):
     report = _report()
     key = open_cycle(tmp_path, report)
     record = read_cycle(tmp_path, key)
-    assert record["cycle"] == key
-    assert record["model_version"] == VERSION
-    assert (record["policy_digest"], record["scenarios_digest"]) == ("p" * 64, "s" * 64)
-    assert record["run_dir"] == report["run_dir"]
-    assert record["regressed"] == ["Video Gaming/app", "rewarded atf"]
-    assert record["opened"]
-    assert [set(p) for p in record["report"]] == [{"pin", "rows", "drop", "p_value"}] * 2
-    assert "failing_row_ids" not in json.dumps(record)
+    assert record.cycle == key
+    assert record.model_version == VERSION
+    assert (record.policy_digest, record.scenarios_digest) == ("p" * 64, "s" * 64)
+    assert record.run_dir == report["run_dir"]
+    assert record.regressed == ["Video Gaming/app", "rewarded atf"]
+    assert record.opened
+    assert [set(p) for p in record.report] == [{"pin", "rows", "drop", "p_value"}] * 2
+    assert "failing_row_ids" not in json.dumps(record.as_dict())
     assert report["regressed"][0]["failing_row_ids"]  # the caller's report is left as it was
 
 
