@@ -110,3 +110,37 @@ def test_an_adapter_version_is_pinned_merged_as_it_is_served(tmp_path, model_dir
     assert not any("lora" in name for name, _ in merged.model.named_modules())
     assert attached.active == version.digest and any("lora" in name for name, _ in attached.model.named_modules())
     np.testing.assert_allclose(merged.decide(rows).probabilities, attached.decide(rows).probabilities, atol=1e-5)
+
+
+
+def test_pins_run_with_an_adapter_decides_as_the_merged_version(tmp_path, model_dir, adapter_dir, rows):
+    """`modelsmith pins run --adapter` (outside Dagster) pins the adapter as it is served: the run is named by
+    the adapter's digest and scores exactly what the base with the adapter merged into it scores."""
+    import json
+
+    from click.testing import CliRunner
+
+    from modelsmith.model_dir import directory_digest
+    from modelsmith_cli.cli import main
+    from scenario_data.generator import write_pack
+    from scenario_data.policy import POLICIES_DIR
+
+    merged = TransformersEngine.merged(model_dir, adapter_dir, "cpu", 4, 1)
+    assert not np.allclose(merged.decide(rows).probabilities, TransformersEngine(model_dir, device="cpu").decide(rows)
+                           .probabilities, atol=1e-3)  # the adapter matters
+    merged_dir = tmp_path / "merged"
+    merged.model.save_pretrained(merged_dir)
+    merged.tokenizer.save_pretrained(merged_dir)
+    pack = write_pack(tmp_path / "pack.jsonl", 40, 3, shipped_policy(1))
+    pins = tmp_path / "pins.yaml"
+    pins.write_text("defaults: {accuracy_floor: 0.0, latency_p99_ms: 100000}\npins:\n  - {name: all}\n")
+    args = ["pins", "run", "--policy", str(POLICIES_DIR / "v1.yaml"), "--scenarios", str(pack), "--pins", str(pins),
+            "--against", str(model_dir), "--json"]
+    runs = [CliRunner().invoke(main, [*args, "--model", str(model_dir), "--adapter", str(adapter_dir)]),
+            CliRunner().invoke(main, [*args, "--model", str(merged_dir)])]
+    assert all(r.exit_code == 0 for r in runs), [r.output for r in runs]
+    with_adapter, as_merged = (json.loads(r.stdout) for r in runs)
+    assert with_adapter["model"] == directory_digest(adapter_dir)
+    keys = ("accuracy", "ci_low", "ci_high", "p_value", "drop")
+    assert [{k: p[k] for k in keys} for p in with_adapter["pins"]] == [{k: p[k] for k in keys} for p in as_merged["pins"]]
+    assert with_adapter["pins"][0]["p_value"] < 1.0  # against the base: some decisions moved (the base alone: 1.0)
