@@ -104,114 +104,140 @@ def _extract_tar(tar_path: Path, dest: Path) -> Path:
 
 
 def _verify_dir(root: Path, public_key_pem: str | None) -> VerifyReport:
-    errors: list[str] = []
-    statements: dict[str, dict] = {}
-    warning = None
-    present, links, special = _files_and_links(root)
-    errors += [f"{rel}: is a symbolic link, not a file" for rel in links]
-    errors += [f"{rel}: is not a regular file (a FIFO, socket or device); a bundle holds files only" for rel in special]
-    digest = file_sha256(root / BUNDLE_FILE) if BUNDLE_FILE in present else ""
-
-    if public_key_pem is None:
-        warning = (f"no public key given: verified with the bundle's own {PUBLIC_KEY_FILE}, which shows the bundle "
-                   f"is intact, not who signed it; pass the key you trust")
-        if PUBLIC_KEY_FILE in present:
-            public_key_pem = (root / PUBLIC_KEY_FILE).read_bytes().decode("ascii", errors="replace")
-    key_id = ""
-    if public_key_pem is None:
-        errors.append(f"{PUBLIC_KEY_FILE}: missing, and no public key given to verify with")
-    else:
-        try:
-            key_id = verifying_key(public_key_pem, "public key").keyid
-        except VerificationError as e:
-            name = PUBLIC_KEY_FILE if warning else "public key"
-            errors.append(f"{name}: {e.message}")
-    cached: dict[str, str] = {}
-
-    def file_digest(rel: str) -> str:
-        if rel not in cached:
-            cached[rel] = file_sha256(root / rel)
-        return cached[rel]
-
-    # The bundle statement: signed, then its subjects against the files.
-    signatures = 0
-    bundle_stmt = None
-    if BUNDLE_FILE not in present:
-        errors.append(f"{BUNDLE_FILE}: missing")
-    else:
-        data = (root / BUNDLE_FILE).read_bytes()
-        if key_id:
-            signatures += 1
-            try:
-                bundle_stmt = open_envelope(data, public_key_pem, BUNDLE_FILE)
-                statements[BUNDLE_FILE] = bundle_stmt
-                if bundle_stmt["predicateType"] != BUNDLE_PREDICATE_TYPE:
-                    errors.append(f"{BUNDLE_FILE}: predicateType is {bundle_stmt['predicateType']!r}, "
-                                  f"expected {BUNDLE_PREDICATE_TYPE}")
-            except VerificationError as e:
-                errors.append(str(e))
-        if bundle_stmt is None:  # unverified: read only to say which files differ from it
-            bundle_stmt = unverified_statement(data)
-            if bundle_stmt is None:
-                errors.append(f"{BUNDLE_FILE}: its statement cannot be read, so no file can be checked against it")
-
-    checked = 0
-    reported: set[str] = set()
+    check = _DirCheck(root)
+    pem = check.key(public_key_pem)
+    bundle_stmt = check.bundle_statement(pem)
     if bundle_stmt is not None:
-        expected = _subject_digests(bundle_stmt, BUNDLE_FILE, errors)
-        for rel in sorted(set(expected) | (present - {BUNDLE_FILE})):
-            if rel not in present:
-                errors.append(f"{rel}: missing" + (" (a link is there)" if rel in links else ""))
-                reported.add(rel)
-            elif rel not in expected:
-                errors.append(f"{rel}: not a subject of {BUNDLE_FILE} (extra file)")
-                reported.add(rel)
-            else:
-                checked += 1
-                if file_digest(rel) != expected[rel]:
-                    errors.append(f"{rel}: sha256 mismatch (expected {_short(expected[rel])}, "
-                                  f"found {_short(file_digest(rel))})")
-                    reported.add(rel)
-        if BUNDLE_FILE in expected:
-            errors.append(f"{BUNDLE_FILE}: names itself as a subject")
+        check.subjects(bundle_stmt)
+    check.attestations(pem)
+    check.key_copy()
+    return VerifyReport(ok=not check.errors, digest=check.digest, errors=check.errors, checked=check.checked,
+                        statements=check.statements, signatures=check.signatures, key_id=check.key_id,
+                        warning=check.warning)
 
-    # The attestations: each signed, each covering exactly the payload, adapter and key files.
-    covered = {rel for rel in present if rel != BUNDLE_FILE and not rel.startswith(f"{ATTESTATIONS_DIR}/")}
-    for rel in sorted(r for r in present if r.startswith(f"{ATTESTATIONS_DIR}/")):
-        if not key_id:
-            continue
-        signatures += 1
+
+class _DirCheck:
+    """One verification of an extracted bundle directory; each step appends what it finds to `errors`, in the
+    order docs/evidence-bundle.md lists them, and a file already reported is not reported again."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.present, self.links, special = _files_and_links(root)
+        self.errors = [f"{rel}: is a symbolic link, not a file" for rel in self.links]
+        self.errors += [f"{rel}: is not a regular file (a FIFO, socket or device); a bundle holds files only"
+                        for rel in special]
+        self.digest = file_sha256(root / BUNDLE_FILE) if BUNDLE_FILE in self.present else ""
+        self.statements: dict[str, dict] = {}
+        self.reported: set[str] = set()
+        self.warning: str | None = None
+        self.key_id = ""
+        self.signatures = self.checked = 0
+        self._digests: dict[str, str] = {}
+
+    def file_digest(self, rel: str) -> str:
+        if rel not in self._digests:
+            self._digests[rel] = file_sha256(self.root / rel)
+        return self._digests[rel]
+
+    def key(self, public_key_pem: str | None) -> str | None:
+        """The key to verify with: the one given, else (with a warning) the bundle's own copy."""
+        if public_key_pem is None:
+            self.warning = (f"no public key given: verified with the bundle's own {PUBLIC_KEY_FILE}, which shows the "
+                            f"bundle is intact, not who signed it; pass the key you trust")
+            if PUBLIC_KEY_FILE in self.present:
+                public_key_pem = (self.root / PUBLIC_KEY_FILE).read_bytes().decode("ascii", errors="replace")
+        if public_key_pem is None:
+            self.errors.append(f"{PUBLIC_KEY_FILE}: missing, and no public key given to verify with")
+            return None
         try:
-            stmt = open_envelope((root / rel).read_bytes(), public_key_pem, rel)
+            self.key_id = verifying_key(public_key_pem, "public key").keyid
         except VerificationError as e:
-            errors.append(str(e))
-            continue
-        statements[rel] = stmt
-        subjects = _subject_digests(stmt, rel, errors)
-        for name in sorted(set(subjects) | covered):
-            if name not in subjects:
-                if name not in reported:
-                    errors.append(f"{rel}: does not cover {name}")
-            elif name not in present:
-                if name not in reported:
-                    errors.append(f"{rel}: names {name}, which is not in the bundle")
-            elif name not in covered:
-                errors.append(f"{rel}: names {name}, which an attestation must not cover")
-            elif name not in reported and file_digest(name) != subjects[name]:
-                errors.append(f"{rel}: subject {name} sha256 mismatch (expected {_short(subjects[name])}, "
-                              f"found {_short(file_digest(name))})")
+            self.errors.append(f"{PUBLIC_KEY_FILE if self.warning else 'public key'}: {e.message}")
+        return public_key_pem
 
-    # The convenience copy of the key should be the key the bundle was verified with.
-    if key_id and not warning and PUBLIC_KEY_FILE in present and PUBLIC_KEY_FILE not in reported:
+    def bundle_statement(self, pem: str | None) -> dict | None:
+        """The bundle statement, verified when there is a key; else read unverified, only to say which files differ."""
+        if BUNDLE_FILE not in self.present:
+            self.errors.append(f"{BUNDLE_FILE}: missing")
+            return None
+        data = (self.root / BUNDLE_FILE).read_bytes()
+        stmt = None
+        if self.key_id:
+            self.signatures += 1
+            try:
+                stmt = open_envelope(data, pem, BUNDLE_FILE)
+                self.statements[BUNDLE_FILE] = stmt
+                if stmt["predicateType"] != BUNDLE_PREDICATE_TYPE:
+                    self.errors.append(f"{BUNDLE_FILE}: predicateType is {stmt['predicateType']!r}, "
+                                       f"expected {BUNDLE_PREDICATE_TYPE}")
+            except VerificationError as e:
+                self.errors.append(str(e))
+        if stmt is None:
+            stmt = unverified_statement(data)
+            if stmt is None:
+                self.errors.append(f"{BUNDLE_FILE}: its statement cannot be read, so no file can be checked against it")
+        return stmt
+
+    def subjects(self, bundle_stmt: dict) -> None:
+        """Every file is a subject of the bundle statement, with its digest, and every subject is there."""
+        expected = _subject_digests(bundle_stmt, BUNDLE_FILE, self.errors)
+        for rel in sorted(set(expected) | (self.present - {BUNDLE_FILE})):
+            if rel not in self.present:
+                self.errors.append(f"{rel}: missing" + (" (a link is there)" if rel in self.links else ""))
+                self.reported.add(rel)
+            elif rel not in expected:
+                self.errors.append(f"{rel}: not a subject of {BUNDLE_FILE} (extra file)")
+                self.reported.add(rel)
+            else:
+                self.checked += 1
+                if self.file_digest(rel) != expected[rel]:
+                    self.errors.append(f"{rel}: sha256 mismatch (expected {_short(expected[rel])}, "
+                                       f"found {_short(self.file_digest(rel))})")
+                    self.reported.add(rel)
+        if BUNDLE_FILE in expected:
+            self.errors.append(f"{BUNDLE_FILE}: names itself as a subject")
+
+    def attestations(self, pem: str | None) -> None:
+        """Each attestation signed, each covering exactly the payload, adapter and key files."""
+        if not self.key_id:
+            return
+        covered = {rel for rel in self.present if rel != BUNDLE_FILE and not rel.startswith(f"{ATTESTATIONS_DIR}/")}
+        for rel in sorted(r for r in self.present if r.startswith(f"{ATTESTATIONS_DIR}/")):
+            self.signatures += 1
+            try:
+                stmt = open_envelope((self.root / rel).read_bytes(), pem, rel)
+            except VerificationError as e:
+                self.errors.append(str(e))
+                continue
+            self.statements[rel] = stmt
+            subjects = _subject_digests(stmt, rel, self.errors)
+            for name in sorted(set(subjects) | covered):
+                self._attested(rel, name, subjects, covered)
+
+    def _attested(self, rel: str, name: str, subjects: dict[str, str], covered: set[str]) -> None:
+        if name not in subjects:
+            if name not in self.reported:
+                self.errors.append(f"{rel}: does not cover {name}")
+        elif name not in self.present:
+            if name not in self.reported:
+                self.errors.append(f"{rel}: names {name}, which is not in the bundle")
+        elif name not in covered:
+            self.errors.append(f"{rel}: names {name}, which an attestation must not cover")
+        elif name not in self.reported and self.file_digest(name) != subjects[name]:
+            self.errors.append(f"{rel}: subject {name} sha256 mismatch (expected {_short(subjects[name])}, "
+                               f"found {_short(self.file_digest(name))})")
+
+    def key_copy(self) -> None:
+        """The convenience copy of the key should be the key the bundle was verified with."""
+        if not (self.key_id and not self.warning and PUBLIC_KEY_FILE in self.present
+                and PUBLIC_KEY_FILE not in self.reported):
+            return
         try:
-            held = key_id_for((root / PUBLIC_KEY_FILE).read_text(encoding="ascii"))
+            held = key_id_for((self.root / PUBLIC_KEY_FILE).read_text(encoding="ascii"))
         except (ValueError, UnicodeError):
             held = "(unreadable)"
-        if held != key_id:
-            errors.append(f"{PUBLIC_KEY_FILE}: holds key {held}, not the key {key_id} the bundle verifies with")
-
-    return VerifyReport(ok=not errors, digest=digest, errors=errors, checked=checked, statements=statements,
-                        signatures=signatures, key_id=key_id, warning=warning)
+        if held != self.key_id:
+            self.errors.append(f"{PUBLIC_KEY_FILE}: holds key {held}, not the key {self.key_id} the bundle verifies with")
 
 
 def _files_and_links(root: Path) -> tuple[set[str], set[str], set[str]]:
