@@ -87,7 +87,8 @@ def generate(n: int, seed: int, output: Path, policy_path: str | None) -> None:
 def ingest(paths: tuple[Path, ...], output: Path, domain_lists: tuple[Path, ...], as_json: bool) -> None:
     """Ingest OpenRTB files or directories into features.parquet and quarantine.parquet (streamed: memory
     holds one chunk of requests, not the input)."""
-    from scenario_data.ingest import IngestError, ingest_to_files
+    from scenario_data.chunks import IngestError
+    from scenario_data.ingest import ingest_to_files
     from scenario_data.taxonomy import REFERENCE, load_domain_lists
 
     try:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 REALDATA = ROOT.parent / "shared" / "realdata"
 PLACEHOLDER = "__MODELSMITH_FRESH_ID__"
 INVALID_EVERY = 20_000
-CHUNK_LINES = 50_000  # scenario_data.ingest.CHUNK_LINES (read from it in main, so the default follows it)
+CHUNK_LINES = 50_000  # scenario_data.chunks.CHUNK_LINES (read from it in main, so the default follows it)
 
 
 def templates(seed: int, generated: int = 20_000) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
@@ -142,7 +142,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(*args.child[:3], int(args.child[3]))
-    from scenario_data.ingest import CHUNK_LINES as ingest_chunk_lines
+    from scenario_data.chunks import CHUNK_LINES as ingest_chunk_lines
 
     assert ingest_chunk_lines == CHUNK_LINES, "update CHUNK_LINES here"
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp_name:

@@ -25,7 +25,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from scenario_data.ingest import IngestError, ingest_paths, ingest_to_files, write_result
+from scenario_data.chunks import IngestError
+from scenario_data.ingest import ingest_paths, ingest_to_files, write_result
 from scenario_data.openrtb import parse_json, refusal_reason
 from scenario_data.policy import DECISIONS, shipped_policy
 from scenario_data.replay import build_replay_set

@@ -25,7 +25,8 @@ import pytest
 from modelsmith.attest import write_bundle
 from modelsmith.bundle_verify import verify_bundle
 from modelsmith.engines.signer import Ed25519Signer
-from scenario_data.ingest import IngestError, expand_paths, ingest_paths
+from scenario_data.chunks import IngestError, expand_paths
+from scenario_data.ingest import ingest_paths
 from tests.drills.input_support import real_requests, write_jsonl
 
 pytestmark = pytest.mark.timeout(60)  # a FIFO or /dev/zero that was read would hang: the timeout says so

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from scenario_data.features import FEATURE_SCHEMA
 from scenario_data.generator import generate_requests
-from scenario_data.ingest import Chunk, _slow_path, ingest_chunk, ingest_paths
+from scenario_data.chunks import Chunk
+from scenario_data.ingest import _slow_path, ingest_chunk, ingest_paths
 from scenario_data.openrtb import RequestError, parse_json, validate_request
 
 REQUESTS = generate_requests(200, seed=3)

@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from scenario_data.generator import dumps, generate_requests
-from scenario_data.ingest import Chunk, ingest_paths, parse_chunk
+from scenario_data.chunks import Chunk
+from scenario_data.ingest import ingest_paths, parse_chunk
 from scenario_data.openrtb import parse_json, refusal_reason
 
 NATIVE = json.dumps({"ver": "1.2", "assets": [{"id": 1, "required": 1, "title": {"len": 90}}]}, separators=(",", ":"))
