@@ -140,9 +140,6 @@ def _signed_by(home: Path, decision: Decision) -> dict:
 
 
 def _decide(home: Path, decision: Decision, signer, run_id: str) -> dict:
-    from modelsmith.bundle_verify import verify_bundle
-    from modelsmith.dsse import sign_statement, statement
-
     signed = _signed_by(home, decision)
     if signed:
         decision = replace(decision, approver=signed["approver"])
@@ -160,31 +157,11 @@ def _decide(home: Path, decision: Decision, signer, run_id: str) -> dict:
         digest = hashlib.sha256(f"rollback:{target}:{now}".encode()).hexdigest()
         subject = {"name": f"model_version/{short(target)}", "digest": {"sha256": target}}
     else:
-        match = [p for d, p in bundles(home) if d == decision.bundle_digest]
-        if not decision.bundle_digest or not match:
-            raise GateError(f"bundle_digest: no bundle in {home / 'bundles'} has digest {decision.bundle_digest!r}")
-        digest, bundle_dir = decision.bundle_digest, match[0]
-        prior = decided(home, digest)
-        if prior:
-            raise GateError(f"bundle {digest[:16]} was already decided: {prior['action']} by {prior['approver']} "
-                            f"at {prior['at']}")
-        report = verify_bundle(bundle_dir, signer.public_key_pem())
-        if not report.ok:
-            raise GateError(f"bundle {digest[:16]} does not verify: " + "; ".join(report.errors))
-        if report.digest != digest:
-            raise GateError(f"bundle_digest: the bundle verifies as {report.digest}, not {digest}")
-        summary = report.statements[BUNDLE_FILE]["predicate"]
+        digest, bundle_dir, summary = _verified_bundle(home, decision, signer)
         subject = {"name": BUNDLE_FILE, "digest": {"sha256": digest}}
         target = summary["candidate"] if decision.decision == "approve" else before
         if decision.decision == "approve":
-            if summary["champion"] != before:
-                raise GateError(f"bundle {digest[:16]} compares against champion {short(summary['champion'])}, but the "
-                                f"champion is now {short(before or '')}: re-pin and build a new bundle")
-            if not summary.get("candidate_passed_every_pin") or summary.get("flagged") or not summary.get(
-                    "offer_for_promotion"):
-                raise GateError(f"bundle {digest[:16]}: the candidate is not offered for promotion (failed a pin or "
-                                f"regressed another segment: flagged {summary.get('flagged')}, repaired "
-                                f"{summary.get('repaired')})")
+            _check_offered(summary, digest, before)
     predicate = {
         "verifier": {"id": GATE_ID}, "timeVerified": now,
         "resourceUri": str(bundle_dir) if bundle_dir else f"modelsmith:model_version/{short(target)}",
@@ -196,20 +173,66 @@ def _decide(home: Path, decision: Decision, signer, run_id: str) -> dict:
         "modelsmith": {"approver": decision.approver, "decision": decision.decision, "note": decision.note,
                        "champion_before": before, "champion_after": target, "dagster_run_id": run_id, **identity},
     }
-    envelope = sign_statement(statement([subject], VSA, predicate), signer)
-    out = Home(home).decisions
-    write_bytes(out / f"{digest}.dsse.json", envelope)
-    record = {**{k: v for k, v in asdict(decision).items() if k != "signature"}, **identity,
-              "bundle_digest": digest if bundle_dir else "", "at": now,
-              "champion_before": before, "champion_after": target, "attestation": str(out / f"{digest}.dsse.json"),
-              "attestation_sha256": hashlib.sha256(envelope).hexdigest(), "dagster_run_id": run_id}
-    write_text(decision_path(home, digest), json.dumps(record, indent=2))
+    record = _record(home, decision, digest if bundle_dir else "", digest, now, before, target,
+                     _sign_predicate(subject, predicate, signer), identity, run_id)
     audit.append(home, decision.decision, approver=decision.approver, bundle=record["bundle_digest"],
                  champion_before=before, champion_after=target, attestation_sha256=record["attestation_sha256"],
                  note=decision.note, **({k: v for k, v in identity.items() if k != "reviewer_verified"} if signed else {}))
     if decision.decision in ("approve", "rollback"):
         write_champion(home, target, by=decision.approver,
                        reason=f"{decision.decision} {('bundle ' + digest[:16]) if bundle_dir else ''}".strip())
+    return record
+
+
+def _verified_bundle(home: Path, decision: Decision, signer) -> tuple[str, Path, dict]:
+    """(digest, directory, summary predicate) of the undecided bundle the decision names, verified with the gate's key."""
+    from modelsmith.bundle_verify import verify_bundle
+
+    match = [p for d, p in bundles(home) if d == decision.bundle_digest]
+    if not decision.bundle_digest or not match:
+        raise GateError(f"bundle_digest: no bundle in {home / 'bundles'} has digest {decision.bundle_digest!r}")
+    digest, bundle_dir = decision.bundle_digest, match[0]
+    prior = decided(home, digest)
+    if prior:
+        raise GateError(f"bundle {digest[:16]} was already decided: {prior['action']} by {prior['approver']} "
+                        f"at {prior['at']}")
+    report = verify_bundle(bundle_dir, signer.public_key_pem())
+    if not report.ok:
+        raise GateError(f"bundle {digest[:16]} does not verify: " + "; ".join(report.errors))
+    if report.digest != digest:
+        raise GateError(f"bundle_digest: the bundle verifies as {report.digest}, not {digest}")
+    return digest, bundle_dir, report.statements[BUNDLE_FILE]["predicate"]
+
+
+def _check_offered(summary: dict, digest: str, champion: str | None) -> None:
+    """An approval needs a bundle built against today's champion whose candidate was offered for promotion."""
+    if summary["champion"] != champion:
+        raise GateError(f"bundle {digest[:16]} compares against champion {short(summary['champion'])}, but the "
+                        f"champion is now {short(champion or '')}: re-pin and build a new bundle")
+    if not summary.get("candidate_passed_every_pin") or summary.get("flagged") or not summary.get(
+            "offer_for_promotion"):
+        raise GateError(f"bundle {digest[:16]}: the candidate is not offered for promotion (failed a pin or "
+                        f"regressed another segment: flagged {summary.get('flagged')}, repaired "
+                        f"{summary.get('repaired')})")
+
+
+def _sign_predicate(subject: dict, predicate: dict, signer) -> bytes:
+    from modelsmith.dsse import sign_statement, statement
+
+    return sign_statement(statement([subject], VSA, predicate), signer)
+
+
+def _record(home: Path, decision: Decision, bundle_digest: str, digest: str, now: str, before: str | None,
+            target: str | None, envelope: bytes, identity: dict, run_id: str) -> dict:
+    """Write the signed decision (`decisions/<digest>.dsse.json`) and its record (`<digest>.json`); the audit
+    entry the caller appends next is the commit point."""
+    out = Home(home).decisions
+    write_bytes(out / f"{digest}.dsse.json", envelope)
+    record = {**{k: v for k, v in asdict(decision).items() if k != "signature"}, **identity,
+              "bundle_digest": bundle_digest, "at": now,
+              "champion_before": before, "champion_after": target, "attestation": str(out / f"{digest}.dsse.json"),
+              "attestation_sha256": hashlib.sha256(envelope).hexdigest(), "dagster_run_id": run_id}
+    write_text(decision_path(home, digest), json.dumps(record, indent=2))
     return record
 
 
