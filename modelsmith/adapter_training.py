@@ -243,8 +243,7 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
     holds an adapter without its `model.sig`; the signature is outside the digest, which it leaves as is.
     """
     import torch
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from peft import LoraConfig, set_peft_model_state_dict
     from trl import SFTConfig, SFTTrainer
 
     recipe = recipe or AdapterRecipe()
@@ -252,10 +251,55 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
     torch.set_num_threads(recipe.threads)
     torch.manual_seed(sft.seed)
     train_rows, held = split_heldout(rows, sft.heldout_fraction, sft.seed)
+    model, tokenizer, why_not = _base_for_training(base_dir, recipe, log)
+    on_gpu = why_not is None
+    out_dir = Path(out_dir)
+    work, lock = work_dir(out_dir)  # held while training: `modelsmith home sweep` leaves it alone
+    model.eval()
+    baseline = heldout_accuracy(model, tokenizer, held)["others"]  # the base alone: the champion's collateral
+    log(f"held-out other rows before training: {baseline:.4f}")
+    epochs = _EpochSelection(tokenizer, held, baseline, recipe, log)
+    config = SFTConfig(
+        output_dir=str(work / "trainer"), bf16=on_gpu, use_cpu=not on_gpu, report_to="none", gradient_checkpointing=False,
+        learning_rate=sft.learning_rate, lr_scheduler_type=sft.scheduler, num_train_epochs=sft.epochs,
+        per_device_train_batch_size=sft.batch_size, warmup_steps=sft.warmup_steps, max_length=None,
+        save_strategy="no", logging_steps=20, seed=sft.seed, data_seed=sft.seed, dataloader_num_workers=0,
+        dataset_kwargs={"skip_prepare_dataset": True}, disable_tqdm=True,
+    )
+    lora = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
+                      target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")
+    try:
+        trainer = SFTTrainer(model=model, args=config, train_dataset=_dataset(tokenizer, train_rows),
+                             processing_class=tokenizer, peft_config=lora,
+                             callbacks=[epochs.callback(), _log_callback(log, "sft")])
+        _quiet(trainer)
+        trainer.train()
+        tuned = trainer.model
+        set_peft_model_state_dict(tuned, epochs.best["weights"])
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        tuned, stages_run, grpo_summary = _maybe_grpo(tuned, tokenizer, train_rows, held, epochs.best, recipe, work, log)
+        summary = {"stages": stages_run, "requested_stages": list(recipe.stages), "grpo": grpo_summary,
+                   "qlora": on_gpu, "precision": "4-bit NF4 base (QLoRA)" if on_gpu else f"fp32 ({why_not})",
+                   "best_epoch": epochs.best["epoch"], "epochs_run": len(epochs.history),
+                   "heldout": epochs.best["accuracy"], "history": epochs.history,
+                   "heldout_others_before": baseline, "train_rows": train_rows.height, "heldout_rows": held.height,
+                   "final_loss": losses[-1] if losses else None, "recipe": asdict(recipe)}
+        about = {"base_digest": directory_digest(Path(base_dir)), **(about or {})}
+        _publish(tuned, work / "adapter", out_dir, summary, about, sign)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        os.close(lock)
+    return {**summary, "base_digest": about["base_digest"], "digest": directory_digest(out_dir)}
+
+
+def _base_for_training(base_dir: Path, recipe: AdapterRecipe, log: Callable[[str], None]):
+    """(model, tokenizer, why QLoRA is off or None): 4-bit NF4 on CUDA with bitsandbytes, else fp32."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     why_not = qlora_unavailable_reason() if recipe.qlora else "QLoRA off in the recipe"
-    on_gpu = why_not is None
-    if on_gpu:
+    if why_not is None:
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
 
@@ -266,92 +310,92 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
     else:
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
         log(why_not)
-    out_dir = Path(out_dir)
-    work, lock = work_dir(out_dir)  # held while training: `modelsmith home sweep` leaves it alone
-    history: list[dict] = []
-    best: dict = {"score": (False, float("-inf"), float("-inf"))}
-    model.eval()
-    baseline = heldout_accuracy(model, tokenizer, held)["others"]  # the base alone: the champion's collateral
-    log(f"held-out other rows before training: {baseline:.4f}")
+    return model, tokenizer, why_not
 
-    class EpochEval(TrainerCallback):
-        """Held-out accuracy after every epoch; keep the best epoch's adapter weights."""
 
-        def on_epoch_end(self, args, state, control, model=None, **kwargs):
-            from peft import get_peft_model_state_dict
+class _EpochSelection:
+    """Held-out accuracy after every SFT epoch; keeps the best epoch's adapter weights and stops on patience.
 
-            model.eval()
-            acc = heldout_accuracy(model, tokenizer, held)
-            model.train()
-            within = acc["others"] >= baseline - recipe.collateral_tolerance
-            score = (within, acc.get("target", 0.0) if within else float("-inf"),
-                     acc.get("target", 0.0) + recipe.replay_weight * acc["others"])
-            history.append({"epoch": round(state.epoch or 0), **acc, "collateral_ok": within})
-            log(f"sft epoch {round(state.epoch or 0)}: held-out target {acc.get('target', 0):.4f}, "
-                f"others {acc['others']:.4f} (contrast {acc.get('contrast', float('nan')):.4f})")
-            if score > best["score"]:
-                best.update(score=score, epoch=round(state.epoch or 0), accuracy=acc,
-                            weights={k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()})
-            elif (sft.patience is not None and best["score"][0]
-                  and round(state.epoch or 0) - best["epoch"] >= sft.patience):
-                log(f"sft: no better held-out score for {sft.patience} epochs after epoch {best['epoch']}; stopping")
-                control.should_training_stop = True
+    The best epoch has the highest held-out target accuracy among those that keep the other rows within
+    `collateral_tolerance` of the untrained adapter's (`baseline`); ties, and epochs outside it, go by
+    target + `replay_weight` x others.
+    """
 
-    config = SFTConfig(
-        output_dir=str(work / "trainer"), bf16=on_gpu, use_cpu=not on_gpu, report_to="none", gradient_checkpointing=False,
-        learning_rate=sft.learning_rate, lr_scheduler_type=sft.scheduler, num_train_epochs=sft.epochs,
-        per_device_train_batch_size=sft.batch_size, warmup_steps=sft.warmup_steps, max_length=None,
-        save_strategy="no", logging_steps=20, seed=sft.seed, data_seed=sft.seed, dataloader_num_workers=0,
-        dataset_kwargs={"skip_prepare_dataset": True}, disable_tqdm=True,
-    )
-    lora = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
-                      target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")
-    stages_run, grpo_summary = ["sft"], None
-    try:
-        trainer = SFTTrainer(model=model, args=config, train_dataset=_dataset(tokenizer, train_rows),
-                             processing_class=tokenizer, peft_config=lora,
-                             callbacks=[EpochEval(), _log_callback(log, "sft")])
-        _quiet(trainer)
-        trainer.train()
-        from peft import set_peft_model_state_dict
+    def __init__(self, tokenizer, held: pl.DataFrame, baseline: float, recipe: AdapterRecipe,
+                 log: Callable[[str], None]) -> None:
+        self.tokenizer, self.held, self.baseline, self.recipe, self.log = tokenizer, held, baseline, recipe, log
+        self.history: list[dict] = []
+        self.best: dict = {"score": (False, float("-inf"), float("-inf"))}
 
-        tuned = trainer.model
-        set_peft_model_state_dict(tuned, best["weights"])
-        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        if "grpo" in recipe.stages:
-            before = best["accuracy"]
-            tuned = _grpo(tuned, tokenizer, train_rows, recipe.grpo, sft.seed, work, log)
-            tuned.eval()
-            after = heldout_accuracy(tuned, tokenizer, held)
-            kept = (after.get("target", 0.0) >= before.get("target", 0.0)
-                    and after["others"] >= before["others"] - recipe.grpo.tolerance)
-            grpo_summary = {"kept": kept, "heldout_before": before, "heldout_after": after, "steps": recipe.grpo.steps}
-            log(f"grpo: held-out target {before.get('target', 0):.4f} -> {after.get('target', 0):.4f}, others "
-                f"{before['others']:.4f} -> {after['others']:.4f}: {'kept' if kept else 'dropped, SFT weights kept'}")
-            if kept:
-                stages_run.append("grpo")
-                best["accuracy"] = after
-            else:
-                set_peft_model_state_dict(tuned, best["weights"])
-        adapter_dir = work / "adapter"
-        for cfg in tuned.peft_config.values():
-            # "all-linear" resolves to a set of module names, saved in the order of this process's string
-            # hashes: sorted, adapter_config.json (and so the adapter's digest) is the same in every process.
-            if isinstance(cfg.target_modules, set):
-                cfg.target_modules = sorted(cfg.target_modules)
-        tuned.save_pretrained(adapter_dir, safe_serialization=True)
-        summary = {"stages": stages_run, "requested_stages": list(recipe.stages), "grpo": grpo_summary,
-                   "qlora": on_gpu, "precision": "4-bit NF4 base (QLoRA)" if on_gpu else f"fp32 ({why_not})",
-                   "best_epoch": best["epoch"], "epochs_run": len(history), "heldout": best["accuracy"], "history": history,
-                   "heldout_others_before": baseline, "train_rows": train_rows.height, "heldout_rows": held.height,
-                   "final_loss": losses[-1] if losses else None, "recipe": asdict(recipe)}
-        about = {"base_digest": directory_digest(Path(base_dir)), **(about or {})}
-        make_portable(adapter_dir, about["base_digest"])
-        write_card(adapter_dir, adapter_card(summary, about))
-        if sign is not None:
-            sign(adapter_dir)
-        replace_dir(adapter_dir, out_dir)  # never a half-deleted old adapter or a half-written new one at out_dir
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        os.close(lock)
-    return {**summary, "base_digest": about["base_digest"], "digest": directory_digest(out_dir)}
+    def epoch_end(self, model, epoch: int) -> bool:
+        """Score the epoch, keep its weights when best; True when patience says stop."""
+        from peft import get_peft_model_state_dict
+
+        model.eval()
+        acc = heldout_accuracy(model, self.tokenizer, self.held)
+        model.train()
+        within = acc["others"] >= self.baseline - self.recipe.collateral_tolerance
+        score = (within, acc.get("target", 0.0) if within else float("-inf"),
+                 acc.get("target", 0.0) + self.recipe.replay_weight * acc["others"])
+        self.history.append({"epoch": epoch, **acc, "collateral_ok": within})
+        self.log(f"sft epoch {epoch}: held-out target {acc.get('target', 0):.4f}, "
+                 f"others {acc['others']:.4f} (contrast {acc.get('contrast', float('nan')):.4f})")
+        patience = self.recipe.sft.patience
+        if score > self.best["score"]:
+            self.best.update(score=score, epoch=epoch, accuracy=acc,
+                             weights={k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()})
+        elif patience is not None and self.best["score"][0] and epoch - self.best["epoch"] >= patience:
+            self.log(f"sft: no better held-out score for {patience} epochs after epoch {self.best['epoch']}; stopping")
+            return True
+        return False
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        selection = self
+
+        class EpochEval(TrainerCallback):
+            def on_epoch_end(self, args, state, control, model=None, **kwargs):
+                if selection.epoch_end(model, round(state.epoch or 0)):
+                    control.should_training_stop = True
+
+        return EpochEval()
+
+
+def _maybe_grpo(tuned, tokenizer, train_rows: pl.DataFrame, held: pl.DataFrame, best: dict, recipe: AdapterRecipe,
+                work: Path, log: Callable[[str], None]):
+    """GRPO after SFT when the recipe asks, kept only if it does not cost held-out accuracy: (model, stages, summary)."""
+    if "grpo" not in recipe.stages:
+        return tuned, ["sft"], None
+    from peft import set_peft_model_state_dict
+
+    before = best["accuracy"]
+    tuned = _grpo(tuned, tokenizer, train_rows, recipe.grpo, recipe.sft.seed, work, log)
+    tuned.eval()
+    after = heldout_accuracy(tuned, tokenizer, held)
+    kept = (after.get("target", 0.0) >= before.get("target", 0.0)
+            and after["others"] >= before["others"] - recipe.grpo.tolerance)
+    summary = {"kept": kept, "heldout_before": before, "heldout_after": after, "steps": recipe.grpo.steps}
+    log(f"grpo: held-out target {before.get('target', 0):.4f} -> {after.get('target', 0):.4f}, others "
+        f"{before['others']:.4f} -> {after['others']:.4f}: {'kept' if kept else 'dropped, SFT weights kept'}")
+    if kept:
+        best["accuracy"] = after
+        return tuned, ["sft", "grpo"], summary
+    set_peft_model_state_dict(tuned, best["weights"])
+    return tuned, ["sft"], summary
+
+
+def _publish(tuned, adapter_dir: Path, out_dir: Path, summary: dict, about: dict,
+             sign: Callable[[Path], object] | None) -> None:
+    """Save, make portable, card, sign, then replace `out_dir` in one rename."""
+    for cfg in tuned.peft_config.values():
+        # "all-linear" resolves to a set of module names, saved in the order of this process's string
+        # hashes: sorted, adapter_config.json (and so the adapter's digest) is the same in every process.
+        if isinstance(cfg.target_modules, set):
+            cfg.target_modules = sorted(cfg.target_modules)
+    tuned.save_pretrained(adapter_dir, safe_serialization=True)
+    make_portable(adapter_dir, about["base_digest"])
+    write_card(adapter_dir, adapter_card(summary, about))
+    if sign is not None:
+        sign(adapter_dir)
+    replace_dir(adapter_dir, out_dir)  # never a half-deleted old adapter or a half-written new one at out_dir
