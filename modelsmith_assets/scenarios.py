@@ -21,7 +21,7 @@ GROUP = "scenarios"
 @dg.asset(group_name=GROUP, kinds={"yaml"})
 def policy(scenarios: ScenarioSettings, storage: StorageEngine) -> dg.MaterializeResult:
     """The active ground-truth policy, validated; its identity is the SHA-256 of its canonical form."""
-    active = scenarios.load_policy()
+    active = scenarios.load_policy(storage.base())
     # A copy per digest: cycles and bundles name the policy by digest long after another is activated.
     home = storage.home()
     copy = home.policy_copy(active.digest)
@@ -52,7 +52,7 @@ def policy(scenarios: ScenarioSettings, storage: StorageEngine) -> dg.Materializ
 @dg.asset(group_name=GROUP, deps=[policy], kinds={"json"})
 def scenario_pack(scenarios: ScenarioSettings, storage: StorageEngine) -> dg.MaterializeResult:
     """The generated default scenario pack (OpenRTB 2.6 JSONL), labelled by the active policy."""
-    active = scenarios.load_policy()
+    active = scenarios.load_policy(storage.base())
     home = storage.home()
     path = home.pack(scenarios.pack_size, scenarios.pack_seed, active.digest)
     if not path.exists():
@@ -84,7 +84,7 @@ def replayed_auctions(context: dg.AssetExecutionContext, scenarios: ScenarioSett
     """Every decision row to replay: the generated pack plus real files in the replay directory, labelled."""
     home = storage.home()
     fingerprint = scenarios.fingerprint(home.root)  # before reading: what this output reflects
-    active = scenarios.load_policy()
+    active = scenarios.load_policy(storage.base())
     pack = read_json(home.pack_record)["path"]
     replay_dir = scenarios.replay_path(home.root)
     replay = build_replay_set([Path(pack), replay_dir], active, scenarios.domain_map())

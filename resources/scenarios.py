@@ -38,16 +38,17 @@ class ScenarioSettings(dg.ConfigurableResource):
         default_factory=list, description="Extra brand-safety domain list files or directories (one domain a line)"
     )
 
-    def active_policy_path(self) -> Path:
-        return Path(self.policy_path) if self.policy_path else active_policy_path(modelsmith_home())
+    def active_policy_path(self, home: Path | None = None) -> Path:
+        """`policy_path`, else the policy activated in `home` (the storage root; default MODELSMITH_HOME)."""
+        return Path(self.policy_path) if self.policy_path else active_policy_path(home or modelsmith_home())
 
-    def load_policy(self) -> Policy:
-        return load_policy(self.active_policy_path())
+    def load_policy(self, home: Path | None = None) -> Policy:
+        return load_policy(self.active_policy_path(home))
 
     def fingerprint(self, home: Path) -> str:
         """The active policy's digest and the replay files: what the scenario stage's output depends on."""
         replay = replay_fingerprint(self.replay_path(home))
-        return hashlib.sha256(f"{self.load_policy().digest}:{replay}".encode()).hexdigest()
+        return hashlib.sha256(f"{self.load_policy(home).digest}:{replay}".encode()).hexdigest()
 
     def replay_path(self, home: Path) -> Path:
         path = Path(self.replay_dir).expanduser() if self.replay_dir else Home(home).replay
