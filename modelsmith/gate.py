@@ -190,7 +190,7 @@ def _verified_bundle(home: Path, decision: Decision, signer) -> tuple[str, Path,
 
     match = [p for d, p in bundles(home) if d == decision.bundle_digest]
     if not decision.bundle_digest or not match:
-        raise GateError(f"bundle_digest: no bundle in {home / 'bundles'} has digest {decision.bundle_digest!r}")
+        raise GateError(f"bundle_digest: no bundle in {Home(home).bundles} has digest {decision.bundle_digest!r}")
     digest, bundle_dir = decision.bundle_digest, match[0]
     prior = decided(home, digest)
     if prior:

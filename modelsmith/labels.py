@@ -7,6 +7,7 @@ has no display name for a partition. These labels go beside them, as run tags an
 
 import json
 from pathlib import Path
+
 from modelsmith.cycles import CycleRecord, read_cycle
 from modelsmith.model_dir import ModelVersion, short
 from modelsmith.store import Home

@@ -5,7 +5,7 @@
     datasets/<cycle>/         rows.parquet, lineage.json, row_digests.parquet (signed synthetic data)
     adapters/<version>/       LoRA adapters, published from adapters/.cycle-<cycle>/
     models/base/              the embedded default base model's builds
-    pins/<version>/<run>/     summary.json, metrics.parquet, predictions.parquet
+    pins/<version>/<run>/     summary.json, metrics.parquet, predictions.parquet, decisions.parquet
     reports/<version>/        regression_report.json (the latest) and <run>.json
     bundles/<cycle>[.N]/      evidence bundles (bundle.dsse.json, ...) beside <cycle>[.N].tar
     policies/<digest>.yaml    every policy activated, and its record <digest>.json
@@ -30,7 +30,11 @@ def read_json(path: Path) -> Any:
 
 
 def write_json(path: Path, payload: Any) -> Path:
-    """Atomically, indented and key-sorted: the bytes every JSON artifact of the home is written with."""
+    """Atomically, indented, key-sorted, with a final newline: how the stages' JSON artifacts are written.
+
+    Not every JSON file of the home: `cycle.json`, a pin run's `summary.json` and a decision record keep
+    their own older form (indented, insertion order, no newline), which their digests and readers expect.
+    """
     write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return Path(path)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from modelsmith.pins import pins_file
+from modelsmith.store import Home
 from resources.critic import CriticSettings
 from resources.inference import InferenceSettings
 from resources.model import ModelSettings
@@ -32,7 +33,7 @@ def resources_for(env: str, root: Path | None = None,
                 # a user's own model directory works here too; empty builds the embedded default
                 "model": ModelSettings(base_model_dir=os.environ.get("MODELSMITH_BASE_MODEL", "")),
                 "inference": InferenceSettings(), "critic": CriticSettings(),
-                "signer": SignerSettings(key_dir=str(Path(root) / "keys") if root else ""), "trainer": TrainerSettings(),
+                "signer": SignerSettings(key_dir=str(Home(root).keys) if root else ""), "trainer": TrainerSettings(),
                 "pins": pins}
     if env == "production":
         return {

@@ -138,7 +138,8 @@ def test_the_champion_asset_follows_each_decision_downstream_of_the_bundle(gate,
         "approver": "ana", "decision": "approve", "bundle_digest": digest}}}})
     (moved,) = result.asset_materializations_for_node("champion")
     assert moved.metadata["model_version"].value == adapter.digest and moved.metadata["last_decision"].value == "approve"
-    assert moved.metadata["audit_entries"].value == 2 and "approve" in [r.data["action"] for r in moved.metadata["audit_log"].records]
+    assert moved.metadata["audit_entries"].value == 2
+    assert "approve" in [r.data["action"] for r in moved.metadata["audit_log"].records]
     assert moved.tags["dagster/data_version"] == adapter.digest
     refused = job.execute_in_process(instance=instance, raise_on_error=False, run_config={"ops": {"promotion": {
         "config": {"approver": "bo", "decision": "approve", "bundle_digest": digest}}}})

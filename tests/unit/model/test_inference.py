@@ -112,7 +112,6 @@ def test_an_adapter_version_is_pinned_merged_as_it_is_served(tmp_path, model_dir
     np.testing.assert_allclose(merged.decide(rows).probabilities, attached.decide(rows).probabilities, atol=1e-5)
 
 
-
 def test_pins_run_with_an_adapter_decides_as_the_merged_version(tmp_path, model_dir, adapter_dir, rows):
     """`modelsmith pins run --adapter` (outside Dagster) pins the adapter as it is served: the run is named by
     the adapter's digest and scores exactly what the base with the adapter merged into it scores."""
