@@ -19,8 +19,9 @@ from modelsmith.store import PinRunFiles
 
 
 def benchmark_delta_for(before_run: str | Path, after_run: str | Path, targets: list[str]) -> dict:
-    before = pl.read_parquet(PinRunFiles(Path(before_run)).metrics)
-    after = pl.read_parquet(PinRunFiles(Path(after_run)).metrics)
+    before_files, after_files = PinRunFiles(Path(before_run)), PinRunFiles(Path(after_run))
+    before = pl.read_parquet(before_files.metrics)
+    after = pl.read_parquet(after_files.metrics)
     b = {r["pin"]: r for r in before.iter_rows(named=True)}
     rows = []
     for a in after.iter_rows(named=True):
@@ -56,8 +57,8 @@ def benchmark_delta_for(before_run: str | Path, after_run: str | Path, targets: 
           for s in ("repaired", "not repaired", "flagged", "inconclusive")}
     measured = {r["pin"] for r in rows}
     by["not repaired"] += [t for t in targets if t not in measured]  # a target the candidate was not pinned on
-    after_summary = json.loads(PinRunFiles(Path(after_run)).summary.read_text())
-    before_summary = json.loads(PinRunFiles(Path(before_run)).summary.read_text())
+    after_summary = json.loads(after_files.summary.read_text())
+    before_summary = json.loads(before_files.summary.read_text())
     return {"before_run": str(before_run), "after_run": str(after_run), "targets": targets,
             "candidate": after_summary["model_version"], "champion": before_summary["model_version"],
             "composite_before": before_summary["composite"], "composite_after": after_summary["composite"],
