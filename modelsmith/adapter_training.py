@@ -25,6 +25,8 @@ from modelsmith.atomic import replace_dir, work_dir
 from modelsmith.config_checks import check_choice, check_int, check_range
 from modelsmith.model_card import adapter_card, make_portable, write_card
 from modelsmith.model_dir import directory_digest
+from modelsmith.pins import PinSet
+from modelsmith.validation import judge_on_validation
 
 
 @dataclass(frozen=True)
@@ -126,12 +128,16 @@ class AdapterRecipe:
     # Early stopping on collateral: an epoch whose held-out non-target rows (anchored to the champion)
     # fall more than this below the untrained adapter's is not kept while another epoch stays within it.
     collateral_tolerance: float = 0.01
+    # With a validation pack and the pins, epochs are tried best first on it (modelsmith.validation) and the
+    # first that holds every pin is kept; at most this many are tried (each costs one pass over the pack).
+    validation_candidates: int = 4
     threads: int = 1  # torch CPU threads; 1 was the fastest for the default model on 2 cores (benchmarks/threads)
 
     def __post_init__(self) -> None:
         check_choice(self, "stages", (("sft",), ("sft", "grpo")))
         check_range(self, "replay_weight", 0.0, 1_000.0)
         check_range(self, "collateral_tolerance", 0.0, 1.0)
+        check_int(self, "validation_candidates", 1, 1_000)
         check_int(self, "threads", 1, 1_024)
 
 
@@ -232,10 +238,12 @@ def _grpo(model, tokenizer, train_rows: pl.DataFrame, settings: GrpoSettings, se
 
 def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: AdapterRecipe | None = None,
                   log: Callable[[str], None] = print, about: dict | None = None,
-                  sign: Callable[[Path], object] | None = None) -> dict:
+                  sign: Callable[[Path], object] | None = None, pins: PinSet | None = None) -> dict:
     """Train a LoRA adapter on `rows` (labelled synthetic rows with `source`) and save it to `out_dir`.
 
-    SFT always; GRPO after it when the recipe asks, kept only when it does not lower held-out target
+    Rows with source `validation` (and their `champion` decisions) are never trained on: with `pins`,
+    the epochs are tried on them best first and the first that holds every pin is kept
+    (`modelsmith.validation`); with none holding, the one closest to holding. SFT always; GRPO after it when the recipe asks, kept only when it does not lower held-out target
     accuracy and costs the other rows at most `grpo.tolerance` (else the SFT weights are saved).
     The adapter names its base by digest (`model_card.make_portable`) and carries a model card;
     `about` (cycle, dataset digest, policy, hypothesis, base digest) fills the card. `sign` (e.g.
@@ -250,6 +258,8 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
     sft = recipe.sft
     torch.set_num_threads(recipe.threads)
     torch.manual_seed(sft.seed)
+    is_validation = pl.col("source") == "validation"
+    validation, rows = rows.filter(is_validation), rows.filter(~is_validation)
     train_rows, held = split_heldout(rows, sft.heldout_fraction, sft.seed)
     model, tokenizer, why_not = _base_for_training(base_dir, recipe, log)
     on_gpu = why_not is None
@@ -275,6 +285,7 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
         _quiet(trainer)
         trainer.train()
         tuned = trainer.model
+        validated = epochs.choose_on_validation(tuned, validation, pins) if pins and validation.height else None
         set_peft_model_state_dict(tuned, epochs.best["weights"])
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         tuned, stages_run, grpo_summary = _maybe_grpo(tuned, tokenizer, train_rows, held, epochs.best, recipe, work, log)
@@ -283,6 +294,7 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
                    "best_epoch": epochs.best["epoch"], "epochs_run": len(epochs.history),
                    "heldout": epochs.best["accuracy"], "history": epochs.history,
                    "heldout_others_before": baseline, "train_rows": train_rows.height, "heldout_rows": held.height,
+                   "validation_rows": validation.height, "validation": validated,
                    "final_loss": losses[-1] if losses else None, "recipe": asdict(recipe)}
         about = {"base_digest": directory_digest(Path(base_dir)), **(about or {})}
         _publish(tuned, work / "adapter", out_dir, summary, about, sign)
@@ -314,17 +326,19 @@ def _base_for_training(base_dir: Path, recipe: AdapterRecipe, log: Callable[[str
 
 
 class _EpochSelection:
-    """Held-out accuracy after every SFT epoch; keeps the best epoch's adapter weights and stops on patience.
+    """Held-out accuracy after every SFT epoch; keeps every epoch's adapter weights and stops on patience.
 
     The best epoch has the highest held-out target accuracy among those that keep the other rows within
     `collateral_tolerance` of the untrained adapter's (`baseline`); ties, and epochs outside it, go by
-    target + `replay_weight` x others.
+    target + `replay_weight` x others. `choose_on_validation` then tries them in that order on the
+    validation pack.
     """
 
     def __init__(self, tokenizer, held: pl.DataFrame, baseline: float, recipe: AdapterRecipe,
                  log: Callable[[str], None]) -> None:
         self.tokenizer, self.held, self.baseline, self.recipe, self.log = tokenizer, held, baseline, recipe, log
         self.history: list[dict] = []
+        self.epochs: list[dict] = []  # per epoch: score, epoch, accuracy, weights
         self.best: dict = {"score": (False, float("-inf"), float("-inf"))}
 
     def epoch_end(self, model, epoch: int) -> bool:
@@ -341,13 +355,44 @@ class _EpochSelection:
         self.log(f"sft epoch {epoch}: held-out target {acc.get('target', 0):.4f}, "
                  f"others {acc['others']:.4f} (contrast {acc.get('contrast', float('nan')):.4f})")
         patience = self.recipe.sft.patience
+        self.epochs.append({"score": score, "epoch": epoch, "accuracy": acc,
+                            "weights": {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}})
         if score > self.best["score"]:
-            self.best.update(score=score, epoch=epoch, accuracy=acc,
-                             weights={k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()})
+            self.best = self.epochs[-1]
         elif patience is not None and self.best["score"][0] and epoch - self.best["epoch"] >= patience:
             self.log(f"sft: no better held-out score for {patience} epochs after epoch {self.best['epoch']}; stopping")
             return True
         return False
+
+    def choose_on_validation(self, model, rows: pl.DataFrame, pins: PinSet) -> dict:
+        """Try the epochs best first on the validation pack; keep the first that holds, else the closest.
+
+        Sets `best`; returns what was tried, for the summary and the card.
+        """
+        from peft import set_peft_model_state_dict
+
+        from modelsmith.engines.inference import TransformersEngine
+
+        ranked = sorted(self.epochs, key=lambda e: e["score"], reverse=True)[:self.recipe.validation_candidates]
+        tried = []
+        for entry in ranked:
+            set_peft_model_state_dict(model, entry["weights"])
+            model.eval()
+            verdict = judge_on_validation(pins, rows, TransformersEngine.from_loaded(model, self.tokenizer)
+                                          .decide(rows).decision)
+            tried.append((entry, verdict))
+            self.log(f"validation pack ({rows.height} rows), epoch {entry['epoch']}: " + (
+                "every pin holds" if verdict.holds else "; ".join(verdict.failing)))
+            if verdict.holds:
+                break
+        held = [t for t in tried if t[1].holds]
+        entry, verdict = held[0] if held else min(tried, key=lambda t: (len(t[1].failing), t[1].worst_upper))
+        if entry is not self.best:
+            self.log(f"sft: epoch {entry['epoch']} kept over epoch {self.best['epoch']} on the validation pack")
+        self.best = entry
+        model.train()
+        return {"rows": rows.height, "chosen_epoch": entry["epoch"], "holds": verdict.holds,
+                "tried": [{"epoch": e["epoch"], **v.as_dict()} for e, v in tried]}
 
     def callback(self):
         from transformers import TrainerCallback

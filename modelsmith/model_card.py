@@ -75,6 +75,7 @@ def adapter_card(summary: dict, about: dict, delta: dict | None = None) -> str:
         f"epoch kept: {summary['best_epoch']} of {summary.get('epochs_run', summary['best_epoch'])} run",
         f"- held-out accuracy: target {heldout.get('target', 0.0):.4f}, other rows {heldout['others']:.4f} "
         f"(before training {summary['heldout_others_before']:.4f})",
+        *_validation_lines(summary.get("validation")),
         "- recipe:\n\n```json\n" + json.dumps(summary["recipe"], indent=2, sort_keys=True) + "\n```\n",
         "## Pins before and after\n",
     ]
@@ -87,6 +88,14 @@ def adapter_card(summary: dict, about: dict, delta: dict | None = None) -> str:
                   _table(delta["pins"], ["pin", "rows", "before", "after", "delta", "status"]), ""]
     parts += ["## License\n", f"{LICENSE}, as the Modelsmith project; the base model's own license also applies.\n"]
     return "\n".join(parts)
+
+
+def _validation_lines(validation: dict | None) -> list[str]:
+    if not validation:
+        return []
+    tried = ", ".join(f"{t['epoch']} ({'holds' if t['holds'] else 'does not hold'})" for t in validation["tried"])
+    return [f"- validation pack: {validation['rows']} rows never trained on, judged with the pins' paired tests; "
+            f"epochs tried best first: {tried}; kept: {validation['chosen_epoch']}"]
 
 
 def base_card(record: dict) -> str:

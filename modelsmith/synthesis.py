@@ -22,8 +22,9 @@ from scenario_data.generator import generate_requests, label_requests
 from scenario_data.policy import Policy, _parse_conditions
 
 IDENTITY_COLUMNS = ("row_id", "request_id", "imp_id", "source_file", "source_line")
-LABEL_COLUMNS = ("expected", "rule", "policy_digest")
-SOURCES = ("target", "replay", "contrast", "near_miss")
+LABEL_COLUMNS = ("expected", "rule", "policy_digest", "champion")
+SOURCES = ("target", "replay", "contrast", "near_miss", "validation")
+TRAINING_SOURCES = SOURCES[:4]  # `validation` rows choose the adapter's epoch and are never trained on
 
 
 class SynthesisError(RuntimeError):
@@ -145,6 +146,31 @@ def synthesise(spec: SynthesisSpec, policy: Policy, seed: int, pin_scenarios: pl
     return SynthesisResult(rows, generated, by_id, by_content)
 
 
+def validation_pack(policy: Policy, seed: int, rows: int, exclude: pl.DataFrame, pin_scenarios: pl.DataFrame,
+                    batch_requests: int = 5_000) -> pl.DataFrame:
+    """`rows` fresh rows drawn like the pinned pack (source `validation`), labelled by the policy.
+
+    The adapter's epoch is chosen on them with the pins' own tests (`modelsmith.validation`), so
+    collateral on a large segment shows there as it would on the pins, without the pins being seen.
+    They come from their own generator stream; none is a pin scenario or a row of `exclude` (the
+    training rows), by request id or by content.
+    """
+    stream = int(hashlib.sha256(f"validation:{seed}".encode()).hexdigest()[:8], 16)
+    known_ids = pl.concat([pin_scenarios["request_id"], exclude["request_id"]]).unique()
+    taken = pl.concat([content_digests(pin_scenarios), exclude["content_digest"]])
+    parts, have, index = [], 0, 0
+    while have < rows:
+        batch = label_requests(generate_requests(batch_requests, stream * 1_000_003 + index), policy)
+        index += 1
+        batch = batch.with_columns(content_digests(batch)).filter(~pl.col("request_id").is_in(known_ids))
+        batch = batch.unique("content_digest", keep="first", maintain_order=True)
+        batch = batch.filter(~pl.col("content_digest").is_in(taken)).head(rows - have)
+        taken = pl.concat([taken, batch["content_digest"]])
+        parts.append(batch.with_columns(pl.lit("validation").alias("source")))
+        have += batch.height
+    return pl.concat(parts)
+
+
 ANCHOR_RULE = "anchor: the champion's decision"
 
 
@@ -158,14 +184,16 @@ def anchor_to_champion(rows: pl.DataFrame, champion_decisions: list[str]) -> pl.
     where the change applies and where it does not, which only the policy knows (a threshold that
     moved in every vertical applies in segments too small to have regressed; anchored to the
     champion, their near misses taught the old rule). `rule` says which rows were anchored;
-    `policy_digest` stays the policy the other rows were labelled by.
+    `policy_digest` stays the policy the other rows were labelled by. `champion` keeps the champion's
+    decision on every row: on the validation rows it is the reference a candidate epoch is judged against.
     """
     if len(champion_decisions) != rows.height:
         raise ValueError(f"{len(champion_decisions)} champion decisions for {rows.height} rows")
     replay = pl.col("source") == "replay"
     decided = pl.Series("champion", champion_decisions, dtype=pl.String)
     return rows.with_columns(pl.when(replay).then(decided).otherwise(pl.col("expected")).alias("expected"),
-                             pl.when(replay).then(pl.lit(ANCHOR_RULE)).otherwise(pl.col("rule")).alias("rule"))
+                             pl.when(replay).then(pl.lit(ANCHOR_RULE)).otherwise(pl.col("rule")).alias("rule"),
+                             decided.alias("champion"))
 
 
 def synthesis_seed(policy_digest: str, diagnosis) -> int:

@@ -26,7 +26,7 @@ from modelsmith.model_card import adapter_card, write_card
 from modelsmith.model_dir import Registry, directory_digest, file_sha256
 from modelsmith.pin_runs import labelled_auctions, pin_version
 from modelsmith.store import Home, PinRunFiles, read_json, write_json
-from modelsmith.synthesis import anchor_to_champion, check_disjoint, synthesis_seed, synthesise
+from modelsmith.synthesis import anchor_to_champion, check_disjoint, synthesis_seed, synthesise, validation_pack
 from modelsmith.traces import ATTR_PREFIX, failure_traces as traced_failures
 from modelsmith_assets.executors import gpu_step_tags
 from modelsmith_assets.pin_metadata import pin_checks, pin_results_metadata, regression_report_metadata
@@ -123,7 +123,8 @@ def diagnosis(context: dg.AssetExecutionContext, storage: StorageEngine, critic:
 )
 def synthetic_dataset(context: dg.AssetExecutionContext, storage: StorageEngine, signer: SignerSettings,
                       inference: InferenceSettings):
-    """Targeted rows labelled by the policy, plus replay and near misses anchored to the champion; signed lineage."""
+    """Targeted rows labelled by the policy, plus replay anchored to the champion and near misses; a validation
+    pack (never trained on) that chooses the adapter's epoch; the champion's decision on every row; signed lineage."""
     from modelsmith.lineage import build_lineage, write_lineage
     from scenario_data.expectations import validate_training_rows
 
@@ -135,10 +136,12 @@ def synthetic_dataset(context: dg.AssetExecutionContext, storage: StorageEngine,
     seed = synthesis_seed(policy.digest, diag)
     implicated = {f.feature: f.values for f in diag.features if f.values}
     result = synthesise(diag.synthesis, policy, seed, pin_scenarios, implicated)
+    validation = validation_pack(policy, seed, pin_scenarios.height, result.rows, pin_scenarios)
+    generated = pl.concat([result.rows, validation], how="diagonal_relaxed")
     registry = Registry(home.root)
     champion = inference.load_version(registry.get(cycle.model_version), registry)
-    rows = anchor_to_champion(result.rows, champion.decide(result.rows).decision)
-    moved = int(((rows["expected"] != result.rows["expected"])).sum())
+    rows = anchor_to_champion(generated, champion.decide(generated).decision)
+    moved = int(((rows["expected"] != generated["expected"])).sum())
     context.log.info(f"{moved} of {int((rows['source'] == 'replay').sum())} replay rows take the "
                      "champion's decision over the policy's")
     out = home.dataset(key)
@@ -153,7 +156,8 @@ def synthetic_dataset(context: dg.AssetExecutionContext, storage: StorageEngine,
         "dagster/row_count": rows.height, "target_rows": int((rows["source"] == "target").sum()),
         "replay_rows": int((rows["source"] == "replay").sum()),
         "contrast_rows": int((rows["source"] == "contrast").sum()),
-        "near_miss_rows": int((rows["source"] == "near_miss").sum()), "requests_generated": result.requests_generated,
+        "near_miss_rows": int((rows["source"] == "near_miss").sum()),
+        "validation_rows": int((rows["source"] == "validation").sum()), "requests_generated": result.requests_generated,
         "excluded_by_request_id": result.excluded_by_id, "excluded_by_content": result.excluded_by_content,
         "anchored_rows_unlike_policy": moved,
         "policy_digest": policy.digest, "generator_seed": seed, "merkle_root": lineage.root,
@@ -170,7 +174,7 @@ def synthetic_dataset(context: dg.AssetExecutionContext, storage: StorageEngine,
 @dg.asset(group_name=GROUP, partitions_def=repair_cycles, deps=[synthetic_dataset], kinds={"pytorch", "safetensors"},
           pool="training", op_tags=gpu_step_tags())
 def adapter(context: dg.AssetExecutionContext, storage: StorageEngine, trainer: TrainerSettings,
-            signer: SignerSettings) -> dg.MaterializeResult:
+            signer: SignerSettings, pins: PinSettings) -> dg.MaterializeResult:
     """A LoRA adapter (peft, trained with trl's SFT trainer) on the champion's base, registered as a model
     version and signed in the OpenSSF model-signing format (`model.sig`), which any model-signing tool verifies."""
     import os
@@ -193,7 +197,7 @@ def adapter(context: dg.AssetExecutionContext, storage: StorageEngine, trainer: 
              "sources": dict(rows.group_by("source").len().iter_rows())}
     signing_key = signer.model_signing_key()
     summary = train_adapter(base.path, rows, work, trainer.recipe(diag.recipe.stages), log=context.log.info,
-                            about=about, sign=signing_key.sign)
+                            about=about, sign=signing_key.sign, pins=pins.load())
     final = home.adapters / short(summary["digest"])
     if final.is_dir() and directory_digest(final) == summary["digest"]:
         shutil.rmtree(work)  # a re-run trained the same bytes: keep the published copy (it may be the champion)
@@ -225,7 +229,18 @@ def adapter(context: dg.AssetExecutionContext, storage: StorageEngine, trainer: 
         "model_signing_public_key": dg.MetadataValue.path(signature.public_key),
         "model_signing_key_id": signature.key_id,
         "epochs": frame_table(history),
+        **_validation_metadata(summary["validation"]),
     })
+
+
+def _validation_metadata(validation: dict | None) -> dict:
+    """What the validation pack said of the epochs tried on it (none without a pack or pins)."""
+    if not validation:
+        return {"validation": "no validation pack: the epoch was chosen on the held-out rows alone"}
+    tried = pl.DataFrame([{"epoch": t["epoch"], "holds": t["holds"], "worst_upper": t["worst_upper"],
+                           "failing": "; ".join(t["failing"])} for t in validation["tried"]])
+    return {"validation_rows": validation["rows"], "validation_chosen_epoch": validation["chosen_epoch"],
+            "validation_holds": validation["holds"], "validation_tried": frame_table(tried)}
 
 @dg.asset(group_name=GROUP, partitions_def=repair_cycles, deps=[adapter], kinds={"parquet"},
           op_tags=gpu_step_tags())

@@ -109,6 +109,8 @@ def validate_labels(df: pl.DataFrame, bounds: dict[str, tuple[float, float]] | N
     return run_suite(frame, "labels", _label_expectations(gx, bounds))
 
 
+# target, replay, contrast and near-miss rows are trained on; validation rows choose the epoch
+TRAINING_SOURCES = ("target", "replay", "contrast", "near_miss", "validation")
 TRAINING_SHARE_BOUNDS = {d: (0.0, 0.9) for d in DECISIONS}  # a targeted set is skewed by design, not degenerate
 
 
@@ -120,7 +122,8 @@ def validate_training_rows(df: pl.DataFrame) -> SuiteResult:
     frame = df.drop("keywords", "title", strict=False).with_columns(
         (pl.col("expected") == d).cast(pl.Float64).alias(_share_column(d)) for d in TRAINING_SHARE_BOUNDS)
     expectations = [*_feature_expectations(gx), *_label_expectations(gx, TRAINING_SHARE_BOUNDS),
-                    e.ExpectColumnValuesToBeInSet(column="source", value_set=["target", "replay", "contrast", "near_miss"]),
+                    e.ExpectColumnValuesToBeInSet(column="source", value_set=list(TRAINING_SOURCES)),
+                    e.ExpectColumnValuesToBeInSet(column="champion", value_set=list(DECISIONS)),
                     e.ExpectColumnValuesToNotBeNull(column="content_digest"),
                     e.ExpectColumnValuesToBeUnique(column="content_digest")]
     return run_suite(frame, "training_rows", expectations)

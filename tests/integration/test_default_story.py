@@ -147,7 +147,14 @@ def test_one_cycle_repairs_gaming_and_offers_it_only_when_nothing_is_flagged(hom
 
     rows = pl.read_parquet(home / "datasets" / v2["cycle"] / "rows.parquet")
     # one segment narrowed to its cause (rewarded, above the fold): its own rows without the cause are near misses too
-    assert set(rows["source"]) == {"target", "replay", "contrast", "near_miss"}
+    # and a validation pack as large as the pinned one chose the epoch: never trained on, every pin holds on it
+    assert set(rows["source"]) == {"target", "replay", "contrast", "near_miss", "validation"}
+    trained = json.loads((home / "cycles" / v2["cycle"] / "adapter.json").read_text())
+    validation = rows.filter(pl.col("source") == "validation")
+    assert trained["validation_rows"] == validation.height >= 0.9 * pl.read_parquet(
+        home / "replayed_auctions" / "replayed_auctions.parquet").height
+    assert trained["train_rows"] + trained["heldout_rows"] == rows.height - validation.height
+    assert trained["validation"]["holds"] and trained["validation"]["chosen_epoch"] == trained["best_epoch"]
     assert prove(home, rows["row_id"][0])["verified"]
     pins = pl.read_parquet(home / "replayed_auctions" / "replayed_auctions.parquet")
     assert not set(rows["request_id"]) & set(pins["request_id"])

@@ -6,6 +6,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from modelsmith.adapter_training import AdapterRecipe, GrpoSettings, SftSettings, train_adapter
+from modelsmith.pins import load_pins
 from scenario_data.generator import generate_requests, label_requests
 from scenario_data.policy import shipped_policy
 from tests.unit.model.test_inference import model_dir, rows  # noqa: F401  (fixtures)
@@ -116,3 +117,38 @@ def test_patience_waits_for_an_epoch_within_the_collateral_tolerance(model_dir, 
     summary = train_adapter(model_dir, training_rows, tmp_path / "a", recipe, log=lines.append)
     assert summary["epochs_run"] == 6 and not any("stopping" in line for line in lines)
     assert not any(h["collateral_ok"] for h in summary["history"])
+
+
+def _validation_rows(champion_is_right: bool) -> pl.DataFrame:
+    rows = label_requests(generate_requests(200, seed=79), shipped_policy(2)).with_columns(pl.lit("validation")
+                                                                                           .alias("source"))
+    wrong = pl.when(pl.col("expected") == "bid").then(pl.lit("no_bid:mfa")).otherwise(pl.lit("bid"))
+    return rows.with_columns((pl.col("expected") if champion_is_right else wrong).alias("champion"))
+
+
+def test_validation_rows_are_never_trained_on(model_dir, training_rows, tmp_path):  # noqa: F811
+    plain = train_adapter(model_dir, training_rows, tmp_path / "plain", _recipe())
+    with_pack = train_adapter(model_dir, pl.concat([training_rows, _validation_rows(True)], how="diagonal_relaxed"),
+                              tmp_path / "pack", _recipe())  # no pins: the pack is carried, not judged
+    assert with_pack["digest"] == plain["digest"] and with_pack["validation"] is None
+    assert with_pack["validation_rows"] == _validation_rows(True).height
+    assert with_pack["train_rows"] + with_pack["heldout_rows"] == training_rows.height
+
+
+def test_the_validation_pack_keeps_the_first_epoch_that_holds_else_the_closest(model_dir, training_rows, tmp_path):  # noqa: F811
+    """Against a champion always right, a tiny model's every epoch loses rows: none holds, all candidates are
+    tried, and the one with the fewest failing pins is kept. Against a champion always wrong, the best epoch
+    holds at once (nothing can drop) and is the only one tried."""
+    recipe = AdapterRecipe(sft=SftSettings(epochs=3, batch_size=16, heldout_fraction=0.2), validation_candidates=2)
+    pins = load_pins()
+    lines: list[str] = []
+    beaten = train_adapter(model_dir, pl.concat([training_rows, _validation_rows(True)], how="diagonal_relaxed"),
+                           tmp_path / "beaten", recipe, log=lines.append, pins=pins)["validation"]
+    assert not beaten["holds"] and len(beaten["tried"]) == 2 and not any(t["holds"] for t in beaten["tried"])
+    closest = min(beaten["tried"], key=lambda t: (len(t["failing"]), t["worst_upper"]))
+    assert beaten["chosen_epoch"] == closest["epoch"] and all(t["failing"] for t in beaten["tried"])
+    assert any(line.startswith("validation pack (") and "all: " in line for line in lines)
+    easy = train_adapter(model_dir, pl.concat([training_rows, _validation_rows(False)], how="diagonal_relaxed"),
+                         tmp_path / "easy", recipe, pins=pins)
+    assert easy["validation"]["holds"] and len(easy["validation"]["tried"]) == 1
+    assert easy["validation"]["chosen_epoch"] == easy["best_epoch"] == easy["validation"]["tried"][0]["epoch"]
