@@ -120,10 +120,10 @@ def test_patience_waits_for_an_epoch_within_the_collateral_tolerance(model_dir, 
 
 
 def _validation_rows(champion_is_right: bool) -> pl.DataFrame:
-    rows = label_requests(generate_requests(200, seed=79), shipped_policy(2)).with_columns(pl.lit("validation")
+    pack = label_requests(generate_requests(200, seed=79), shipped_policy(2)).with_columns(pl.lit("validation")
                                                                                            .alias("source"))
     wrong = pl.when(pl.col("expected") == "bid").then(pl.lit("no_bid:mfa")).otherwise(pl.lit("bid"))
-    return rows.with_columns((pl.col("expected") if champion_is_right else wrong).alias("champion"))
+    return pack.with_columns((pl.col("expected") if champion_is_right else wrong).alias("champion"))
 
 
 def test_validation_rows_are_never_trained_on(model_dir, training_rows, tmp_path):  # noqa: F811
