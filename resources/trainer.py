@@ -29,6 +29,9 @@ class TrainerSettings(dg.ConfigurableResource):
     collateral_tolerance: float = Field(0.01, ge=0, le=1, allow_inf_nan=False,
                                         description="How far held-out non-target rows may fall below the untrained "
                                                     "adapter's for an epoch to be kept (early stopping on collateral)")
+    validation_candidates: int = Field(4, ge=1, le=1_000,
+                                       description="Epochs tried best first on the validation pack (the first that "
+                                                   "holds every pin is kept); each costs one pass over the pack")
     stages: str = Field("", pattern=r"^\s*(sft\s*(,\s*grpo\s*)?)?$",
                         description="'' follows the diagnosis's recipe; 'sft' or 'sft,grpo' overrides it")
     grpo_learning_rate: float = Field(1e-3, gt=0, le=1, allow_inf_nan=False, description="GRPO learning rate")
@@ -57,4 +60,5 @@ class TrainerSettings(dg.ConfigurableResource):
             grpo=GrpoSettings(learning_rate=self.grpo_learning_rate, steps=self.grpo_steps,
                               num_generations=self.grpo_num_generations, temperature=self.grpo_temperature,
                               tolerance=self.grpo_tolerance),
-            replay_weight=self.replay_weight, collateral_tolerance=self.collateral_tolerance, threads=self.threads)
+            replay_weight=self.replay_weight, collateral_tolerance=self.collateral_tolerance, threads=self.threads,
+            validation_candidates=self.validation_candidates)
