@@ -128,17 +128,16 @@ class AdapterRecipe:
     # Early stopping on collateral: an epoch whose held-out non-target rows (anchored to the champion)
     # fall more than this below the untrained adapter's is not kept while another epoch stays within it.
     collateral_tolerance: float = 0.01
-    # With a validation pack and the pins, every epoch within `collateral_tolerance` whose held-out target is
-    # at most this far below the best one is judged on the pack (modelsmith.validation), one pass each; the
-    # one with the least collateral there is kept, an epoch that holds every pin before one that does not.
-    validation_target_tolerance: float = 0.01
+    # With a validation pack and the pins, epochs are tried best first on it (modelsmith.validation) and the
+    # first that holds every pin is kept; at most this many are tried (each costs one pass over the pack).
+    validation_candidates: int = 4
     threads: int = 1  # torch CPU threads; 1 was the fastest for the default model on 2 cores (benchmarks/threads)
 
     def __post_init__(self) -> None:
         check_choice(self, "stages", (("sft",), ("sft", "grpo")))
         check_range(self, "replay_weight", 0.0, 1_000.0)
         check_range(self, "collateral_tolerance", 0.0, 1.0)
-        check_range(self, "validation_target_tolerance", 0.0, 1.0)
+        check_int(self, "validation_candidates", 1, 1_000)
         check_int(self, "threads", 1, 1_024)
 
 
@@ -243,8 +242,8 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
     """Train a LoRA adapter on `rows` (labelled synthetic rows with `source`) and save it to `out_dir`.
 
     Rows with source `validation` (and their `champion` decisions) are never trained on: with `pins`,
-    the near-best epochs are judged on them and the one with the least collateral is kept
-    (`_EpochSelection.choose_on_validation`). SFT always; GRPO after it when the recipe asks, kept only when it does not lower held-out target
+    the epochs are tried on them best first and the first that holds every pin is kept
+    (`modelsmith.validation`); with none holding, the one closest to holding. SFT always; GRPO after it when the recipe asks, kept only when it does not lower held-out target
     accuracy and costs the other rows at most `grpo.tolerance` (else the SFT weights are saved).
     The adapter names its base by digest (`model_card.make_portable`) and carries a model card;
     `about` (cycle, dataset digest, policy, hypothesis, base digest) fills the card. `sign` (e.g.
@@ -331,8 +330,8 @@ class _EpochSelection:
 
     The best epoch has the highest held-out target accuracy among those that keep the other rows within
     `collateral_tolerance` of the untrained adapter's (`baseline`); ties, and epochs outside it, go by
-    target + `replay_weight` x others. `choose_on_validation` then weighs the near-best epochs'
-    collateral on the validation pack.
+    target + `replay_weight` x others. `choose_on_validation` then tries them in that order on the
+    validation pack.
     """
 
     def __init__(self, tokenizer, held: pl.DataFrame, baseline: float, recipe: AdapterRecipe,
@@ -366,43 +365,34 @@ class _EpochSelection:
         return False
 
     def choose_on_validation(self, model, rows: pl.DataFrame, pins: PinSet) -> dict:
-        """Judge the near-best epochs on the validation pack; keep the one with the least collateral there.
+        """Try the epochs best first on the validation pack; keep the first that holds, else the closest.
 
-        Near-best: within `collateral_tolerance` on the held-out rows, and a held-out target at most
-        `validation_target_tolerance` below the best such epoch's (the best by score alone when no
-        epoch is within). Kept: an epoch that holds every pin before one that does not, then the
-        smallest worst drop bound among the pins that vouch, then the held-out score. Why not the
-        first that holds: a pack and the pins are two samples of ~800 rows a large segment, so an
-        epoch that barely holds on one can be inconclusive on the other (the story's Politics/site);
-        the least collateral leaves both the widest margin. Sets `best`; returns what was judged.
+        Sets `best`; returns what was tried, for the summary and the card.
         """
         from peft import set_peft_model_state_dict
 
         from modelsmith.engines.inference import TransformersEngine
 
-        within = [e for e in self.epochs if e["score"][0]]
-        if within:
-            top = max(e["accuracy"].get("target", 0.0) for e in within)
-            near = [e for e in within if e["accuracy"].get("target", 0.0) >= top - self.recipe.validation_target_tolerance]
-        else:
-            near = [self.best]
-        judged = []
-        for rank, entry in enumerate(sorted(near, key=lambda e: e["score"], reverse=True)):
+        ranked = sorted(self.epochs, key=lambda e: e["score"], reverse=True)[:self.recipe.validation_candidates]
+        tried = []
+        for entry in ranked:
             set_peft_model_state_dict(model, entry["weights"])
             model.eval()
             verdict = judge_on_validation(pins, rows, TransformersEngine.from_loaded(model, self.tokenizer)
                                           .decide(rows).decision)
-            judged.append((rank, entry, verdict))
-            self.log(f"validation pack ({rows.height} rows), epoch {entry['epoch']}: worst drop bound "
-                     f"{verdict.worst_upper:.4f}; " + ("every pin holds" if verdict.holds else "; ".join(verdict.failing)))
-        _, entry, verdict = min(judged, key=lambda j: (not j[2].holds, j[2].worst_upper, j[0]))
+            tried.append((entry, verdict))
+            self.log(f"validation pack ({rows.height} rows), epoch {entry['epoch']}: " + (
+                "every pin holds" if verdict.holds else "; ".join(verdict.failing)))
+            if verdict.holds:
+                break
+        held = [t for t in tried if t[1].holds]
+        entry, verdict = held[0] if held else min(tried, key=lambda t: (len(t[1].failing), t[1].worst_upper))
         if entry is not self.best:
-            self.log(f"sft: epoch {entry['epoch']} kept over epoch {self.best['epoch']}: less collateral on the "
-                     "validation pack")
+            self.log(f"sft: epoch {entry['epoch']} kept over epoch {self.best['epoch']} on the validation pack")
         self.best = entry
         model.train()
         return {"rows": rows.height, "chosen_epoch": entry["epoch"], "holds": verdict.holds,
-                "tried": [{"epoch": e["epoch"], **v.as_dict()} for _, e, v in judged]}
+                "tried": [{"epoch": e["epoch"], **v.as_dict()} for e, v in tried]}
 
     def callback(self):
         from transformers import TrainerCallback

@@ -93,10 +93,9 @@ def adapter_card(summary: dict, about: dict, delta: dict | None = None) -> str:
 def _validation_lines(validation: dict | None) -> list[str]:
     if not validation:
         return []
-    judged = ", ".join(f"{t['epoch']} ({'holds' if t['holds'] else 'does not hold'}, worst drop bound "
-                       f"{t['worst_upper']:.4f})" for t in validation["tried"])
+    tried = ", ".join(f"{t['epoch']} ({'holds' if t['holds'] else 'does not hold'})" for t in validation["tried"])
     return [f"- validation pack: {validation['rows']} rows never trained on, judged with the pins' paired tests; "
-            f"epochs judged: {judged}; kept: {validation['chosen_epoch']} (the least collateral)"]
+            f"epochs tried best first: {tried}; kept: {validation['chosen_epoch']}"]
 
 
 def base_card(record: dict) -> str:

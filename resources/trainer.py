@@ -29,10 +29,9 @@ class TrainerSettings(dg.ConfigurableResource):
     collateral_tolerance: float = Field(0.01, ge=0, le=1, allow_inf_nan=False,
                                         description="How far held-out non-target rows may fall below the untrained "
                                                     "adapter's for an epoch to be kept (early stopping on collateral)")
-    validation_target_tolerance: float = Field(
-        0.01, ge=0, le=1, allow_inf_nan=False,
-        description="How far below the best held-out target accuracy an epoch may be and still be judged on the "
-                    "validation pack, where the one with the least collateral is kept (one pass over the pack each)")
+    validation_candidates: int = Field(4, ge=1, le=1_000,
+                                       description="Epochs tried best first on the validation pack (the first that "
+                                                   "holds every pin is kept); each costs one pass over the pack")
     stages: str = Field("", pattern=r"^\s*(sft\s*(,\s*grpo\s*)?)?$",
                         description="'' follows the diagnosis's recipe; 'sft' or 'sft,grpo' overrides it")
     grpo_learning_rate: float = Field(1e-3, gt=0, le=1, allow_inf_nan=False, description="GRPO learning rate")
@@ -62,4 +61,4 @@ class TrainerSettings(dg.ConfigurableResource):
                               num_generations=self.grpo_num_generations, temperature=self.grpo_temperature,
                               tolerance=self.grpo_tolerance),
             replay_weight=self.replay_weight, collateral_tolerance=self.collateral_tolerance, threads=self.threads,
-            validation_target_tolerance=self.validation_target_tolerance)
+            validation_candidates=self.validation_candidates)

@@ -36,7 +36,7 @@ BAD = [
     (GrpoSettings, {"batch_size": 12, "num_generations": 8}, "GrpoSettings.batch_size"),
     (AdapterRecipe, {"stages": ("grpo",)}, "AdapterRecipe.stages"),
     (AdapterRecipe, {"collateral_tolerance": -0.1}, "AdapterRecipe.collateral_tolerance"),
-    (AdapterRecipe, {"validation_target_tolerance": -0.01}, "AdapterRecipe.validation_target_tolerance"),
+    (AdapterRecipe, {"validation_candidates": 0}, "AdapterRecipe.validation_candidates"),
     (AdapterRecipe, {"threads": 0}, "AdapterRecipe.threads"),
     (TinyLlamaConfig, {"hidden_size": 0}, "TinyLlamaConfig.hidden_size"),
     (TinyLlamaConfig, {"hidden_size": 66}, "num_attention_heads"),
