@@ -125,10 +125,21 @@ def test_one_cycle_repairs_gaming_and_offers_it_only_when_nothing_is_flagged(hom
     assert {p["status"] for p in others} <= {"ok", "inconclusive"}
     assert {p["pin"] for p in others if p["status"] == "inconclusive"} == set(v2["inconclusive"])
     assert all(p["notes"] for p in others if p["status"] == "inconclusive")  # each says why
-    # the big segments vouch: a real 2-point drop there would have been seen
-    assert {p["pin"]: p["status"] for p in others if p["rows"] >= 700} == dict.fromkeys(
-        ["all", "Entertainment/site", "Video Gaming/site", "Sports/site", "Technology & Computing/site",
-         "Politics/site"], "ok")
+    # The big segments vouch: each can see a drop of its margin, and a real 2-point drop there is flagged
+    # (tests/unit/model/test_pin_statistics.py plants one on Politics/site). None has a drop of its margin;
+    # each is "ok" or, where collateral under the margin leaves the bound open, inconclusive and says so.
+    # (On base 571be44d, Politics/site loses 12 of 781 rows: drop 0.0154, bound 0.0234; README, "What the
+    # pack cannot do".)
+    from modelsmith.pins import load_pins
+
+    margin = {p.name: p.max_drop for p in load_pins().pins}
+    big = {p["pin"]: p for p in others if p["rows"] >= 700}
+    assert set(big) == {"all", "Entertainment/site", "Video Gaming/site", "Sports/site", "Technology & Computing/site",
+                        "Politics/site"}
+    for name, p in big.items():
+        assert p["min_detectable_drop"] <= margin[name], p
+        assert p["status"] == "ok" or (p["status"] == "inconclusive" and -p["delta"] < margin[name]
+                                       and "not ruled out" in p["notes"]), p
     # the seed's latency pin, per decision: no pin over its 10 ms budget with evidence, p99 over every row within it
     assert not any("p99 latency" in p["reasons"] for p in delta["pins"])
     assert next(p for p in delta["pins"] if p["pin"] == "all")["p99_after_ms"] <= 10.0

@@ -70,6 +70,16 @@ def test_a_three_point_drop_on_100_rows_is_inconclusive_never_ok(pack):
     assert "cannot detect a drop of 0.02" in r.notes
 
 
+def test_a_two_point_drop_on_politics_site_is_flagged(pack):
+    """What the story's big segments promise: a real drop of the margin there would have been seen."""
+    pins = load_pins()
+    pin = next(p for p in pins.pins if p.name == "Politics/site")
+    n = int(pin.mask(pack).sum())
+    assert 650 <= n <= 950
+    r = _judge(pack, _plant(pack, pin, worse=round(0.02 * n)))[pin.name]
+    assert r.status == "failed" and r.regressed and "regressed by" in r.reasons
+
+
 def test_video_gamings_collateral_drop_is_stated_inside_the_margin(pack):
     """The issue's Video Gaming/site: -1.1 points, 15 rows worse and 2 better, one-sided McNemar p = 0.001."""
     pins = load_pins()
