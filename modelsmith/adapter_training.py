@@ -243,7 +243,8 @@ def train_adapter(base_dir: Path, rows: pl.DataFrame, out_dir: Path, recipe: Ada
 
     Rows with source `validation` (and their `champion` decisions) are never trained on: with `pins`,
     the epochs are tried on them best first and the first that holds every pin is kept
-    (`modelsmith.validation`); with none holding, the one closest to holding. SFT always; GRPO after it when the recipe asks, kept only when it does not lower held-out target
+    (`modelsmith.validation`); with none holding, the one closest to holding.
+    SFT always; GRPO after it when the recipe asks, kept only when it does not lower held-out target
     accuracy and costs the other rows at most `grpo.tolerance` (else the SFT weights are saved).
     The adapter names its base by digest (`model_card.make_portable`) and carries a model card;
     `about` (cycle, dataset digest, policy, hypothesis, base digest) fills the card. `sign` (e.g.

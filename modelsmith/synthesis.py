@@ -24,7 +24,6 @@ from scenario_data.policy import Policy, _parse_conditions
 IDENTITY_COLUMNS = ("row_id", "request_id", "imp_id", "source_file", "source_line")
 LABEL_COLUMNS = ("expected", "rule", "policy_digest", "champion")
 SOURCES = ("target", "replay", "contrast", "near_miss", "validation")
-TRAINING_SOURCES = SOURCES[:4]  # `validation` rows choose the adapter's epoch and are never trained on
 
 
 class SynthesisError(RuntimeError):
@@ -124,8 +123,7 @@ def synthesise(spec: SynthesisSpec, policy: Policy, seed: int, pin_scenarios: pl
         clash_content = rows["content_digest"].is_in(pin_content)
         by_id += int(clash_id.sum())
         by_content += int((clash_content & ~clash_id).sum())
-        rows = rows.filter(~clash_id & ~clash_content).unique("content_digest", keep="first", maintain_order=True)
-        rows = rows.filter(~pl.col("content_digest").is_in(seen))  # two imps of one request can be the same auction
+        rows = _fresh(rows, pin_ids, pin_content, seen)
         seen = pl.concat([seen, rows["content_digest"]])
         hit = rows.filter(match).head(want_target - have_target)
         outside = rows.filter(~match)
@@ -146,6 +144,13 @@ def synthesise(spec: SynthesisSpec, policy: Policy, seed: int, pin_scenarios: pl
     return SynthesisResult(rows, generated, by_id, by_content)
 
 
+def _fresh(rows: pl.DataFrame, known_ids: pl.Series, known_content: pl.Series, seen: pl.Series) -> pl.DataFrame:
+    """`rows` (with `content_digest`) less known request ids and contents, each auction once, none already seen
+    (two imps of one request can be the same auction)."""
+    rows = rows.filter(~pl.col("request_id").is_in(known_ids) & ~pl.col("content_digest").is_in(known_content))
+    return rows.unique("content_digest", keep="first", maintain_order=True).filter(~pl.col("content_digest").is_in(seen))
+
+
 def validation_pack(policy: Policy, seed: int, rows: int, exclude: pl.DataFrame, pin_scenarios: pl.DataFrame,
                     batch_requests: int = 5_000) -> pl.DataFrame:
     """`rows` fresh rows drawn like the pinned pack (source `validation`), labelled by the policy.
@@ -157,15 +162,14 @@ def validation_pack(policy: Policy, seed: int, rows: int, exclude: pl.DataFrame,
     """
     stream = int(hashlib.sha256(f"validation:{seed}".encode()).hexdigest()[:8], 16)
     known_ids = pl.concat([pin_scenarios["request_id"], exclude["request_id"]]).unique()
-    taken = pl.concat([content_digests(pin_scenarios), exclude["content_digest"]])
+    known_content = pl.concat([content_digests(pin_scenarios), exclude["content_digest"]])
+    seen = pl.Series("content_digest", [], dtype=pl.String)
     parts, have, index = [], 0, 0
     while have < rows:
         batch = label_requests(generate_requests(batch_requests, stream * 1_000_003 + index), policy)
         index += 1
-        batch = batch.with_columns(content_digests(batch)).filter(~pl.col("request_id").is_in(known_ids))
-        batch = batch.unique("content_digest", keep="first", maintain_order=True)
-        batch = batch.filter(~pl.col("content_digest").is_in(taken)).head(rows - have)
-        taken = pl.concat([taken, batch["content_digest"]])
+        batch = _fresh(batch.with_columns(content_digests(batch)), known_ids, known_content, seen).head(rows - have)
+        seen = pl.concat([seen, batch["content_digest"]])
         parts.append(batch.with_columns(pl.lit("validation").alias("source")))
         have += batch.height
     return pl.concat(parts)

@@ -27,11 +27,15 @@ class ValidationVerdict:
         return {"holds": self.holds, "failing": list(self.failing), "worst_upper": self.worst_upper}
 
 
+def _vouches(r: PinResult) -> bool:
+    """Large enough to detect a drop of its margin, with a paired drop measured."""
+    return r.min_detectable_drop <= r.max_drop and r.drop_upper is not None
+
+
 def _why_not(r: PinResult) -> str | None:
     if r.regressed:
         return f"{r.pin}: regressed by {r.drop:.4f} (upper bound {r.drop_upper:.4f} > max_drop {r.max_drop})"
-    vouches = r.min_detectable_drop <= r.max_drop
-    if vouches and r.drop_upper is not None and r.drop_upper > r.max_drop:
+    if _vouches(r) and r.drop_upper > r.max_drop:
         return (f"{r.pin}: drop {r.drop:+.4f} on {r.reference_rows} rows not ruled out "
                 f"(upper bound {r.drop_upper:.4f} > max_drop {r.max_drop})")
     return None
@@ -44,5 +48,5 @@ def judge_on_validation(pins: PinSet, rows: pl.DataFrame, predicted: list[str]) 
     reference = rows.select("row_id", (pl.col("champion") == pl.col("expected")).alias("reference_correct"))
     results = score_pins(pins, preds, reference)
     failing = tuple(why for why in map(_why_not, results) if why)
-    uppers = [r.drop_upper for r in results if r.drop_upper is not None and r.min_detectable_drop <= r.max_drop]
+    uppers = [r.drop_upper for r in results if _vouches(r)]
     return ValidationVerdict(holds=not failing, failing=failing, worst_upper=max(uppers, default=0.0))
